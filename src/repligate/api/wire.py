@@ -1,0 +1,150 @@
+"""The wire schemas: request bodies, and the prediction object as Replicate sends it (plus
+the seed's ``created`` and ``data``). One mapper each way; rows never reach the wire."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from repligate.errors import InvalidField, InvalidInput
+from repligate.lifecycle import Status
+from repligate.models.spec import ModelSpec
+from repligate.records import Prediction
+from repligate.storage.base import Storage, resolve_output
+
+WebhookEvent = Literal["start", "output", "logs", "completed"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    input: dict[str, Any]
+    webhook: str | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+    # Sent by the official client when given; accepted, as Replicate does.
+    webhook_completed: str | None = None
+    stream: bool | None = None
+
+
+class PredictionCreate(_Body):
+    version: str
+
+
+class ModelPredictionCreate(_Body):
+    pass
+
+
+B = TypeVar("B", bound=_Body)
+
+
+def parse_body(model: type[B], body: Any) -> B:
+    """Validate a create body; problems come back in Replicate's invalid_fields shape."""
+    if not isinstance(body, dict):
+        raise InvalidInput([InvalidField("invalid_type", "", "The body must be a JSON object")])
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"])
+            if error["type"] == "missing":
+                problems.append(InvalidField("required", "", f"{name} is required"))
+            elif error["type"] == "extra_forbidden":
+                problems.append(
+                    InvalidField(
+                        "additional_property_not_allowed",
+                        "",
+                        f"Additional property {name} is not allowed",
+                    )
+                )
+            else:
+                problems.append(InvalidField("invalid_type", name, error["msg"]))
+        raise InvalidInput(problems) from exc
+
+
+def timestamp(value: datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+
+
+def output_urls(output: Any) -> list[str]:
+    if isinstance(output, str):
+        return [output]
+    if isinstance(output, list):
+        return [item for item in output if isinstance(item, str)]
+    return []
+
+
+def prediction_out(
+    prediction: Prediction,
+    *,
+    storage: Storage,
+    base_url: str,
+    api_prefix: str,
+    shown_status: Status | None = None,
+) -> dict[str, Any]:
+    """The prediction object. ``shown_status`` lets a timed-out sync reply say `starting`,
+    the one status the official client keeps polling on."""
+    get_url = f"{base_url}{api_prefix}/v1/predictions/{prediction.id}"
+    output = resolve_output(prediction.output, storage, base_url)
+    status = shown_status or prediction.status
+    metrics: dict[str, float] = {}
+    if prediction.status.is_terminal:
+        if prediction.predict_time is not None:
+            metrics["predict_time"] = round(prediction.predict_time, 6)
+        if prediction.total_time is not None:
+            metrics["total_time"] = round(prediction.total_time, 6)
+    succeeded = prediction.status is Status.SUCCEEDED
+    return {
+        "id": prediction.id,
+        "model": prediction.model,
+        "version": prediction.version,
+        "input": prediction.input,
+        "logs": prediction.logs,
+        "output": output,
+        "data_removed": False,
+        "error": prediction.error,
+        "status": status.value,
+        "source": prediction.source,
+        "created_at": timestamp(prediction.created_at),
+        "started_at": timestamp(prediction.started_at),
+        "completed_at": timestamp(prediction.completed_at),
+        "urls": {
+            "get": get_url,
+            "cancel": f"{get_url}/cancel",
+            "web": f"{base_url}/p/{prediction.id}",
+        },
+        "metrics": metrics,
+        "webhook": prediction.webhook,
+        "webhook_events_filter": prediction.webhook_events_filter,
+        # The seed document's fields (OpenAI's image response shape).
+        "created": int(prediction.created_at.timestamp()),
+        "data": [{"url": url} for url in output_urls(output)] if succeeded else [],
+    }
+
+
+def version_out(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "id": spec.version,
+        "created_at": spec.version_created_at,
+        "cog_version": spec.cog_version,
+        "openapi_schema": spec.openapi_schema(),
+    }
+
+
+def model_out(spec: ModelSpec, base_url: str, run_count: int = 0) -> dict[str, Any]:
+    return {
+        "url": f"{base_url}/models/{spec.ref}",
+        "owner": spec.owner,
+        "name": spec.name,
+        "description": spec.description,
+        "visibility": "public",
+        "github_url": None,
+        "paper_url": None,
+        "license_url": None,
+        "run_count": run_count,
+        "cover_image_url": None,
+        "default_example": None,
+        "latest_version": version_out(spec),
+    }

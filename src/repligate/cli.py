@@ -1,0 +1,127 @@
+"""The ``repligate`` command: serve, keys, models, migrate.
+
+Every command that touches the database migrates it first, so a fresh data directory
+just works."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from repligate.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+app = typer.Typer(
+    help="A self-hosted, Replicate-compatible predictions server.", no_args_is_help=True
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True)
+
+
+def _sessions(settings: Settings) -> sessionmaker[Session]:
+    from repligate.store import db, migrate
+
+    engine = db.make_engine(settings.resolved_database_url())
+    migrate.upgrade(engine)
+    return db.make_sessions(engine)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+) -> None:
+    """Start the API server with in-process workers."""
+    import uvicorn
+
+    from repligate.app import create_app
+    from repligate.store import keys
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings()
+    if host is not None:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    sessions = _sessions(settings)
+    with sessions() as session:
+        if keys.count_active(session) == 0:
+            _, token = keys.create(session, name="default")
+            console.print("[bold]No API key existed; created one (shown once):[/bold]")
+            print(token, flush=True)
+    url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
+    console.print(f"repligate listening on [bold]{url}[/bold]  (data in {settings.data_dir})")
+    console.print(f"  try: curl {url}/health")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to the newest schema."""
+    _sessions(Settings())
+    console.print("database is up to date")
+
+
+@app.command()
+def models() -> None:
+    """List the models this server knows."""
+    from repligate.models import all_models
+
+    table = Table("model", "version", "runner")
+    for spec in all_models():
+        table.add_row(spec.ref, spec.version, "local" if spec.runner else "none yet")
+    Console().print(table)
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Option(help="A name to recognise the key by")]) -> None:
+    """Create a key. The token is printed once, alone on the last line of stdout."""
+    from repligate.store import keys
+
+    with _sessions(Settings())() as session:
+        key, token = keys.create(session, name=name)
+    console.print(f"created key {key.id} ({key.name}); store the token now, it is not kept:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (never their tokens)."""
+    from repligate.store import keys
+
+    with _sessions(Settings())() as session:
+        rows = keys.list_all(session)
+    table = Table("id", "name", "token starts", "created", "revoked")
+    for key in rows:
+        table.add_row(
+            key.id,
+            key.name,
+            key.token_prefix + "…",
+            key.created_at.isoformat(timespec="seconds"),
+            key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or name")]) -> None:
+    """Revoke a key by id or name; its token stops working at once."""
+    from repligate.store import keys
+
+    with _sessions(Settings())() as session:
+        count = keys.revoke(session, key_id_or_name=key)
+    if count == 0:
+        console.print(f"no active key with id or name {key!r}")
+        raise typer.Exit(1)
+    console.print(f"revoked {count} key(s)")
+
+
+if __name__ == "__main__":
+    app()

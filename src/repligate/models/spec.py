@@ -1,0 +1,49 @@
+"""What one model module declares: identity, version, schema, weights and runner."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repligate.runners.base import RunnerFactory
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    owner: str
+    name: str
+    version: str
+    # The day Replicate published this version (research notes; the hour is not known).
+    version_created_at: str
+    description: str
+    # The Hugging Face repo the runner loads when no local weights directory exists.
+    default_weights: str | None = None
+    # Builds the runner for this model on this server; None = no local runner yet.
+    runner: RunnerFactory | None = None
+    cog_version: str = "0.8.6"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.owner}/{self.name}"
+
+    @property
+    def key(self) -> str:
+        """Directory-safe name: ``owner__name`` (weights dirs, schema files)."""
+        return f"{self.owner}__{self.name}"
+
+    @cached_property
+    def schemas(self) -> dict[str, Any]:
+        """``components.schemas`` as Replicate publishes it (Input, Output, enums)."""
+        text = resources.files("repligate.models").joinpath(f"schemas/{self.key}.json")
+        document = json.loads(text.read_text(encoding="utf-8"))
+        if document["version"] != self.version:
+            raise ValueError(f"schema file of {self.ref} is for another version")
+        schemas: dict[str, Any] = document["components"]["schemas"]
+        return schemas
+
+    def openapi_schema(self) -> dict[str, Any]:
+        return {"components": {"schemas": self.schemas}}

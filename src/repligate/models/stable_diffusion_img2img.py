@@ -1,0 +1,12 @@
+"""stability-ai/stable-diffusion-img2img: schema and input validation; no runner yet."""
+
+from repligate.models.spec import ModelSpec
+
+MODEL = ModelSpec(
+    owner="stability-ai",
+    name="stable-diffusion-img2img",
+    version="15a3689ee13b0d2616e98820eca31d4c3abcd36672df6afce5cb6feb1d66087d",
+    version_created_at="2022-12-17T00:00:00Z",
+    description="Generate a new image from an input image with Stable Diffusion",
+    default_weights="stabilityai/stable-diffusion-2-1",
+)

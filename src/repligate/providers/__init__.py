@@ -1,0 +1,1 @@
+"""Who runs a model: ``local`` (its runner in this process); ``replicate`` (relay) later."""

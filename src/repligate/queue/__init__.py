@@ -1,0 +1,1 @@
+"""How a created prediction reaches a worker: in-process threads by default."""

@@ -1,0 +1,38 @@
+"""The queue interface, and the cancel flags a worker checks between steps."""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+
+class Queue(Protocol):
+    def submit(self, prediction_id: str) -> None: ...
+
+    def cancel(self, prediction_id: str) -> None:
+        """Ask the worker running ``prediction_id`` to stop at its next step."""
+        ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class CancelFlags:
+    """Thread-safe set of prediction ids whose cancel was asked for in this process."""
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._lock = threading.Lock()
+
+    def set(self, prediction_id: str) -> None:
+        with self._lock:
+            self._ids.add(prediction_id)
+
+    def is_set(self, prediction_id: str) -> bool:
+        with self._lock:
+            return prediction_id in self._ids
+
+    def clear(self, prediction_id: str) -> None:
+        with self._lock:
+            self._ids.discard(prediction_id)

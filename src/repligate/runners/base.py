@@ -1,0 +1,46 @@
+"""The runner contract: what a model's runner gets and what it must do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from repligate.events import Event
+
+if TYPE_CHECKING:
+    from repligate.models.spec import ModelSpec
+    from repligate.runners.cache import PipelineCache
+    from repligate.runners.device import DeviceChoice
+    from repligate.runners.weights import WeightsLocator
+
+
+class RunContext(Protocol):
+    """Given to a runner for one prediction."""
+
+    prediction_id: str
+
+    def emit(self, event: Event) -> None: ...
+
+    def canceled(self) -> bool: ...
+
+
+class Runner(Protocol):
+    def run(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
+        """Run one prediction. Return the output in its JSON shape, with ``OutputFile``
+        values where files go. Raise ``events.Canceled`` when ``ctx.canceled()``; any
+        other exception fails the prediction with its message."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunnerEnv:
+    """What every local runner on this server shares."""
+
+    device: DeviceChoice
+    weights: WeightsLocator
+    pipelines: PipelineCache
+    png_compress_level: int = 4
+
+
+RunnerFactory = Callable[["RunnerEnv", "ModelSpec"], Runner]

@@ -1,0 +1,265 @@
+"""The use cases, named as Replicate's API names them: create, get, list, cancel, plus
+wait (for ``Prefer: wait``) and recover (after a crash). No HTTP and no SQL here."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from repligate import inputs
+from repligate.errors import (
+    AuthenticationError,
+    InvalidRequest,
+    ModelUnavailable,
+    NotFound,
+)
+from repligate.lifecycle import Status
+from repligate.models.spec import ModelSpec
+from repligate.notify import CompletionNotifier
+from repligate.providers.base import Provider
+from repligate.queue.base import Queue
+from repligate.records import ApiKey, Prediction
+from repligate.registry import Registry
+from repligate.store import keys as key_store
+from repligate.store import predictions as store
+
+log = logging.getLogger(__name__)
+
+# How often a waiting request re-reads the row even without a wake-up (another process
+# may have finished it).
+_WAIT_POLL_SECONDS = 1.0
+
+
+def new_prediction_id() -> str:
+    """26 lowercase base32 characters (128 random bits), like Replicate's ids."""
+    return base64.b32encode(os.urandom(16)).decode().lower()[:26]
+
+
+@dataclass(frozen=True)
+class Page:
+    results: list[Prediction]
+    next_cursor: str | None
+    previous_cursor: str | None
+
+
+def _encode_cursor(direction: str, prediction: Prediction) -> str:
+    raw = f"{direction}|{prediction.created_at.isoformat()}|{prediction.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        direction, at, prediction_id = base64.urlsafe_b64decode(padded).decode().split("|")
+        if direction not in ("n", "p"):
+            raise ValueError(direction)
+        return direction, (datetime.fromisoformat(at), prediction_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
+        raise InvalidRequest(
+            "The cursor is not valid; use the next/previous URLs as given."
+        ) from exc
+
+
+class PredictionService:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        registry: Registry,
+        provider: Provider,
+        queue: Queue,
+        notifier: CompletionNotifier,
+        page_size: int = 100,
+    ) -> None:
+        self._sessions = sessions
+        self.registry = registry
+        self._provider = provider
+        self._queue = queue
+        self._notifier = notifier
+        self._page_size = page_size
+
+    def authenticate(self, token: str | None) -> ApiKey:
+        if not token:
+            raise AuthenticationError("You did not pass an authentication token")
+        with self._sessions() as session:
+            key = key_store.find_active(session, token)
+        if key is None:
+            raise AuthenticationError("You did not pass a valid authentication token")
+        return key
+
+    def create(
+        self,
+        key: ApiKey,
+        spec: ModelSpec,
+        raw_input: Any,
+        *,
+        webhook: str | None = None,
+        webhook_events_filter: list[str] | None = None,
+    ) -> Prediction:
+        run_input = inputs.validate(spec, raw_input)
+        if webhook is not None:
+            raise InvalidRequest(
+                "Webhooks are not delivered by this server yet; leave out `webhook` and "
+                "poll urls.get (or send Prefer: wait)."
+            )
+        if not self._provider.supports(spec):
+            raise ModelUnavailable(
+                f"{spec.ref} is known to this server and its input is valid, but this server "
+                "has no runner for it yet."
+            )
+        prediction = Prediction(
+            id=new_prediction_id(),
+            api_key_id=key.id,
+            model=spec.ref,
+            version=spec.version,
+            input=raw_input,
+            run_input=run_input,
+            output=None,
+            logs="",
+            error=None,
+            status=Status.STARTING,
+            source="api",
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+            created_at=datetime.now(UTC),
+            started_at=None,
+            completed_at=None,
+            predict_time=None,
+            total_time=None,
+        )
+        with self._sessions() as session:
+            store.insert(session, prediction)
+        self._queue.submit(prediction.id)
+        return prediction
+
+    def get(self, key: ApiKey, prediction_id: str) -> Prediction:
+        with self._sessions() as session:
+            prediction = store.get(session, prediction_id)
+        # Someone else's prediction is as unknown as a missing one.
+        if prediction is None or prediction.api_key_id != key.id:
+            raise NotFound()
+        return prediction
+
+    def peek(self, prediction_id: str) -> Prediction:
+        """A prediction by id alone, for the capability pages (web page by unguessable id)."""
+        with self._sessions() as session:
+            prediction = store.get(session, prediction_id)
+        if prediction is None:
+            raise NotFound()
+        return prediction
+
+    def list(
+        self,
+        key: ApiKey,
+        *,
+        cursor: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+    ) -> Page:
+        before = after = None
+        if cursor:
+            direction, position = _decode_cursor(cursor)
+            before, after = (position, None) if direction == "n" else (None, position)
+        with self._sessions() as session:
+            rows = store.page(
+                session,
+                api_key_id=key.id,
+                limit=self._page_size + 1,
+                before=before,
+                after=after,
+                created_after=created_after,
+                created_before=created_before,
+            )
+        more = len(rows) > self._page_size
+        if after is not None:
+            # Paging back: the extra row is the newest one, at the front.
+            results = rows[1:] if more else rows
+            has_newer, has_older = more, True
+        else:
+            results = rows[: self._page_size]
+            has_newer, has_older = before is not None, more
+        return Page(
+            results=results,
+            next_cursor=_encode_cursor("n", results[-1]) if results and has_older else None,
+            previous_cursor=_encode_cursor("p", results[0]) if results and has_newer else None,
+        )
+
+    def cancel(self, key: ApiKey, prediction_id: str) -> Prediction:
+        prediction = self.get(key, prediction_id)
+        if not prediction.status.is_terminal:
+            now = datetime.now(UTC)
+            with self._sessions() as session:
+                moved = store.move(
+                    session,
+                    prediction_id,
+                    Status.CANCELED,
+                    completed_at=now,
+                    total_time=(now - prediction.created_at).total_seconds(),
+                    predict_time=(now - prediction.started_at).total_seconds()
+                    if prediction.started_at
+                    else None,
+                )
+            if moved:
+                # Stop the worker at its next step; its own final write will lose the
+                # compare-and-set, so `canceled` stays.
+                self._queue.cancel(prediction_id)
+                self._notifier.notify(prediction_id)
+            prediction = self.get(key, prediction_id)
+        return prediction
+
+    async def wait(self, key: ApiKey, prediction: Prediction, seconds: float) -> Prediction:
+        """Wait up to ``seconds`` for a terminal status; return the newest state."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        event = self._notifier.subscribe(prediction.id)
+        try:
+            while True:
+                # Read after subscribing, so a finish between create and here is not missed.
+                prediction = await asyncio.to_thread(self.get, key, prediction.id)
+                remaining = deadline - loop.time()
+                if prediction.status.is_terminal or remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), min(remaining, _WAIT_POLL_SECONDS))
+                event.clear()
+        finally:
+            self._notifier.unsubscribe(prediction.id, event)
+        return prediction
+
+    def run_count(self, spec: ModelSpec) -> int:
+        with self._sessions() as session:
+            return store.count_for_model(session, spec.ref)
+
+    def recover(self) -> tuple[int, int]:
+        """After a restart: queue again what never started; fail what was cut off while
+        running (its work is lost). Returns (requeued, failed)."""
+        requeued = failed = 0
+        with self._sessions() as session:
+            for prediction in store.unfinished(session):
+                if prediction.status is Status.STARTING:
+                    self._queue.submit(prediction.id)
+                    requeued += 1
+                    continue
+                now = datetime.now(UTC)
+                if store.move(
+                    session,
+                    prediction.id,
+                    Status.FAILED,
+                    error="The server stopped while this prediction was running, so it did "
+                    "not finish. Run it again.",
+                    completed_at=now,
+                    total_time=(now - prediction.created_at).total_seconds(),
+                ):
+                    failed += 1
+        if requeued or failed:
+            log.warning("recovery: %d predictions queued again, %d failed", requeued, failed)
+        return requeued, failed

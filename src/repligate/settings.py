@@ -1,0 +1,50 @@
+"""Server settings: one object, read from the environment (prefix ``REPLIGATE_``).
+
+Nothing is read at import time; ``Settings()`` reads the environment when called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPLIGATE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("data"), description="SQLite file and output files")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<data_dir>/repligate.db"
+    )
+    weights_dir: Path | None = Field(
+        default=None,
+        description="Local weights: <weights_dir>/<owner>__<name>/ overrides the hub repo",
+    )
+    public_base_url: str | None = Field(
+        default=None, description="Base of absolute URLs (outputs, urls.get); else the request's"
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    list_page_size: int = Field(default=100, ge=1, le=1000)
+    # Seconds a Prefer: wait request holds when no number is given (Replicate: 60).
+    default_wait_seconds: int = Field(default=60, ge=1, le=60)
+
+    device: str | None = Field(default=None, description="cuda, cuda:1, mps or cpu; else auto")
+    concurrency_per_device: int = Field(default=1, ge=1, le=16)
+    torch_threads: int | None = Field(default=None, ge=1)
+    # Flushing logs is a database write; progress lines are batched at most this often.
+    log_flush_interval: float = Field(default=0.5, ge=0.0)
+    png_compress_level: int = Field(default=4, ge=0, le=9)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'repligate.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

@@ -1,0 +1,1 @@
+"""Where output files live. One small interface (``Storage``) and its backends."""
