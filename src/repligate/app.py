@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from repligate import __version__
 from repligate.api import errors, files, health, models, predictions, web
 from repligate.execution import Executor
+from repligate.fetch import Fetcher
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
 from repligate.providers.local import LocalProvider
@@ -43,7 +44,7 @@ class Container:
     service: PredictionService
 
 
-def runner_env_factory(settings: Settings) -> RunnerEnv:
+def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     from repligate.runners import device
     from repligate.runners.cache import PipelineCache
     from repligate.runners.weights import WeightsLocator
@@ -56,6 +57,7 @@ def runner_env_factory(settings: Settings) -> RunnerEnv:
         device=device.choose(settings.device),
         weights=WeightsLocator(settings.weights_dir),
         pipelines=PipelineCache(),
+        fetcher=fetcher,
         png_compress_level=settings.png_compress_level,
     )
 
@@ -65,7 +67,8 @@ def build_container(settings: Settings) -> Container:
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
     storage = LocalStorage(settings.files_dir)
-    provider = LocalProvider(lambda: runner_env_factory(settings))
+    fetcher = Fetcher.from_settings(settings)
+    provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
     notifier = CompletionNotifier()
     flags = CancelFlags()
     executor = Executor(
@@ -74,6 +77,7 @@ def build_container(settings: Settings) -> Container:
         provider=provider,
         storage=storage,
         flags=flags,
+        fetcher=fetcher,
         on_finished=notifier.notify,
         log_flush_interval=settings.log_flush_interval,
     )

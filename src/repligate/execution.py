@@ -17,7 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from repligate.events import Canceled, Event, Log, OutputFile, Progress
+from repligate.fetch import Fetcher
 from repligate.lifecycle import Status
+from repligate.models.spec import ModelSpec
 from repligate.providers.base import Provider
 from repligate.queue.base import CancelFlags
 from repligate.registry import Registry
@@ -87,6 +89,7 @@ class Executor:
         provider: Provider,
         storage: Storage,
         flags: CancelFlags,
+        fetcher: Fetcher,
         on_finished: Callable[[str], None],
         log_flush_interval: float = 0.5,
     ) -> None:
@@ -95,6 +98,7 @@ class Executor:
         self._provider = provider
         self._storage = storage
         self._flags = flags
+        self._fetcher = fetcher
         self._on_finished = on_finished
         self._flush_interval = log_flush_interval
 
@@ -119,7 +123,8 @@ class Executor:
             if self._flags.is_set(prediction_id):
                 raise Canceled()
             spec = self._registry.resolve(prediction.version)
-            output = self._provider.run(spec, prediction.run_input, ctx)
+            run_input = self._fetch_files(spec, prediction.run_input)
+            output = self._provider.run(spec, run_input, ctx)
             stored = self._store_files(prediction_id, output)
         except Canceled:
             self._finish(prediction, started_at, Status.CANCELED, ctx.logs)
@@ -128,6 +133,16 @@ class Executor:
             self._finish(prediction, started_at, Status.FAILED, ctx.logs, error=_message(exc))
         else:
             self._finish(prediction, started_at, Status.SUCCEEDED, ctx.logs, output=stored)
+
+    def _fetch_files(self, spec: ModelSpec, run_input: dict[str, Any]) -> dict[str, Any]:
+        """Replace every file input (``format: uri``) by the fetched file; a refused fetch
+        fails the prediction with a message naming the input."""
+        properties = spec.schemas["Input"]["properties"]
+        fetched = dict(run_input)
+        for name, value in run_input.items():
+            if properties.get(name, {}).get("format") == "uri" and isinstance(value, str) and value:
+                fetched[name] = self._fetcher.fetch(value, field=name)
+        return fetched
 
     def _store_files(self, prediction_id: str, output: Any) -> Any:
         if isinstance(output, OutputFile):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from repligate.events import Event
+from repligate.fetch import Fetcher
 
 if TYPE_CHECKING:
     from repligate.models.spec import ModelSpec
@@ -40,6 +41,8 @@ class RunnerEnv:
     device: DeviceChoice
     weights: WeightsLocator
     pipelines: PipelineCache
+    # For files a runner fetches itself (e.g. trained weights named by URL).
+    fetcher: Fetcher
     png_compress_level: int = 4
 
 

@@ -22,9 +22,7 @@ class StableDiffusionTextToImageRunner:
         from diffusers import StableDiffusionPipeline
 
         def from_pretrained(source: str) -> Any:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, dtype=self.env.device.dtype
-            )
+            pipe = StableDiffusionPipeline.from_pretrained(source, dtype=self.env.device.dtype)
             return pipe.to(self.env.device.name)
 
         return self.env.weights.load(self.spec, from_pretrained)
