@@ -111,7 +111,7 @@ def stable_diffusion(target: Path, seed: int = 0) -> None:
     """stability-ai/stable-diffusion: SD 2.1 layout, default size 768 (sample_size 96)."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae(seed),
         text_encoder=clip_text_encoder(seed + 1),
         tokenizer=clip_tokenizer(),
