@@ -53,6 +53,9 @@ class _Context:
     def emit(self, event: Event) -> None:
         if isinstance(event, Log):
             self._lines.append(event.line)
+            # A runner logs (e.g. the seed) just before its denoising loop: tqdm's clock
+            # starts there, so loading time does not count as step time.
+            self._started = time.monotonic()
         elif isinstance(event, Progress):
             elapsed = time.monotonic() - self._started
             self._lines.append(tqdm.format_meter(event.step, event.total, elapsed))
