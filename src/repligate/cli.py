@@ -56,10 +56,24 @@ def serve(
             _, token = keys.create(session, name="default")
             console.print("[bold]No API key existed; created one (shown once):[/bold]")
             print(token, flush=True)
+    _warn_about_random_weights(settings)
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     console.print(f"repligate listening on [bold]{url}[/bold]  (data in {settings.data_dir})")
     console.print(f"  try: curl {url}/health")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def _warn_about_random_weights(settings: Settings) -> None:
+    from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
+
+    if settings.weights_dir is None:
+        return
+    random = sorted(p.parent.name for p in settings.weights_dir.glob(f"*/{RANDOM_WEIGHTS_MARKER}"))
+    if random:
+        console.print(
+            "[bold yellow]DEMO: these models run tiny RANDOM weights, so their outputs are "
+            f"noise:[/bold yellow] {', '.join(random)}"
+        )
 
 
 @app.command()
