@@ -47,18 +47,27 @@ class Container:
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     from repligate.runners import device
     from repligate.runners.cache import PipelineCache
+    from repligate.runners.safety import LazySafetyChecker
+    from repligate.runners.sdxl_weights import TrainedWeightsCache
     from repligate.runners.weights import WeightsLocator
 
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    chosen = device.choose(settings.device)
     return RunnerEnv(
-        device=device.choose(settings.device),
+        device=chosen,
         weights=WeightsLocator(settings.weights_dir),
         pipelines=PipelineCache(),
         fetcher=fetcher,
         png_compress_level=settings.png_compress_level,
+        safety=LazySafetyChecker(settings.weights_dir, chosen, enabled=settings.safety_checker),
+        trained_weights=TrainedWeightsCache(
+            settings.data_dir / "trained-weights",
+            max_bytes=settings.trained_weights_cache_bytes,
+            max_download_bytes=settings.trained_weights_max_bytes,
+        ),
     )
 
 

@@ -5,6 +5,12 @@ Public surface (runners and the execution rely on it):
 - ``Fetcher.download_to(url, path, field=..., max_bytes=None)`` for large files (tarballs)
 - ``FetchedFile.image(exif_transpose=True, mode="RGB") -> PIL.Image.Image``
 - ``FetchRefused``: a user-caused refusal whose message names the input and the reason.
+- ``check_reference(value)``: what can be refused at create time, without any network.
+
+A URL fetch: at most ``max_redirects`` redirects, followed by hand so each hop is checked
+again (scheme, host, every resolved address); connections pinned to the checked addresses
+(netguard.PinnedTransport); at most ``max_bytes`` (refused by Content-Length up front, else
+as soon as the cap is passed); one wall-clock deadline for the whole fetch, DNS included.
 """
 
 from __future__ import annotations
@@ -13,21 +19,44 @@ import base64
 import binascii
 import io
 import re
+import time
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
+import httpcore
+import httpx
+
+from repligate import netguard
+from repligate.netguard import AddressPolicy, TimeUp
+from repligate.sniff import content_type_of
+
 if TYPE_CHECKING:
+    import ssl
+
     from PIL.Image import Image
 
     from repligate.settings import Settings
 
 _DATA_URI = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
+_SCHEMES = ("http", "https", "data")
+_SCHEME_REASON = "must be an http(s) URL or a data: URI"
+# Formats decoded from untrusted bytes. Not all Pillow knows: some plugins hand the data
+# to external programs (EPS runs Ghostscript) or are rarely exercised parsers.
+_IMAGE_FORMATS = ["PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "TIFF"]
+_CHUNK = 64 * 1024
+_USER_AGENT = "repligate (file input fetcher)"
 
 
 class FetchRefused(Exception):
     """A file input could not be used; the message names the input and why."""
+
+
+class _Bad(Exception):
+    """A reason, without the field name (added by whoever reports it)."""
 
 
 @dataclass(frozen=True)
@@ -38,22 +67,117 @@ class FetchedFile:
     max_pixels: int = 64_000_000
 
     def image(self, *, exif_transpose: bool = True, mode: str | None = "RGB") -> Image:
+        """Decode as an image, refusing more than ``max_pixels`` before decoding any pixel.
+
+        The limit is checked here, per call, from the header's declared size; Pillow's
+        process-wide MAX_IMAGE_PIXELS is left alone (other code shares it) and still
+        refuses anything past twice its value, which is reported the same way.
+        """
         from PIL import Image as PILImage
-        from PIL import ImageOps, UnidentifiedImageError
+        from PIL import ImageOps
 
         try:
-            with PILImage.open(io.BytesIO(self.data)) as probe:
+            with PILImage.open(io.BytesIO(self.data), formats=_IMAGE_FORMATS) as probe:
                 width, height = probe.size
                 if width * height > self.max_pixels:
                     raise FetchRefused(
-                        f"{self.field}: the image is {width}x{height}, more than "
-                        f"{self.max_pixels} pixels"
+                        f"{self.field}: the image is {width}x{height}, more than the limit "
+                        f"of {self.max_pixels} pixels"
                     )
                 probe.load()
                 image = ImageOps.exif_transpose(probe) if exif_transpose else probe.copy()
-        except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError) as exc:
-            raise FetchRefused(f"{self.field}: the file is not an image we can read") from exc
-        return image.convert(mode) if mode else image
+        except FetchRefused:
+            raise
+        except PILImage.DecompressionBombError as exc:
+            raise FetchRefused(
+                f"{self.field}: the image declares more pixels than this server decodes "
+                f"(a decompression bomb?): {exc}"
+            ) from exc
+        except Exception as exc:
+            # Pillow signals bad input with many exception types (OSError, SyntaxError,
+            # ValueError, struct.error, ...): any of them means the file, not the server.
+            raise FetchRefused(
+                f"{self.field}: the file is not an image this server can read "
+                f"(it looks like {self.content_type})"
+            ) from exc
+        return image.convert(mode) if mode and image.mode != mode else image
+
+
+def check_reference(
+    value: str, *, max_bytes: int | None = None, policy: AddressPolicy | None = None
+) -> str | None:
+    """Why the file input ``value`` is refused, judged without any network, or None.
+
+    Always: the scheme, a URL's shape, a data URI's shape and base64. With ``max_bytes``: a
+    data URI's size. With ``policy``: a literal address or metadata host name it refuses.
+    """
+    try:
+        _judge(value, max_bytes, policy)
+    except _Bad as exc:
+        return str(exc)
+    return None
+
+
+def _judge(
+    value: str, max_bytes: int | None, policy: AddressPolicy | None
+) -> httpx.URL | tuple[bytes, str]:
+    """An http(s) value's parsed URL, or a data URI's bytes and media type; _Bad otherwise."""
+    scheme, sep, _ = value.partition(":")
+    if not sep or scheme.lower() not in _SCHEMES:
+        raise _Bad(_SCHEME_REASON)
+    if scheme.lower() == "data":
+        return _decode_data_uri(value, max_bytes)
+    return _parse_url(value, policy)
+
+
+def _parse_url(value: str, policy: AddressPolicy | None) -> httpx.URL:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise _Bad(f"{value[:200]!r} is not a valid URL") from exc
+    if url.scheme not in ("http", "https"):
+        raise _Bad(f"{_SCHEME_REASON} (got {url.scheme}:)")
+    if not url.host:
+        raise _Bad("the URL has no host")
+    if policy is not None:
+        refusal = policy.host_refusal(url.host)
+        if refusal is not None:
+            raise _Bad(refusal)
+    return url
+
+
+def _decode_data_uri(value: str, max_bytes: int | None) -> tuple[bytes, str]:
+    match = _DATA_URI.match(value)
+    if match is None:
+        raise _Bad("not a valid data URI (expected data:[<type>][;base64],<data>)")
+    params = [p.strip().lower() for p in match.group("params").split(";")]
+    payload = match.group("data")
+    is_base64 = "base64" in params
+    if max_bytes is not None:
+        # Judged before decoding, so an oversized payload costs no memory to refuse.
+        estimate = len(payload.rstrip("=")) * 3 // 4 if is_base64 else len(payload) // 3
+        if estimate > max_bytes:
+            raise _Bad(f"the data URI holds about {estimate} bytes, more than {max_bytes}")
+    data = _b64decode(payload) if is_base64 else unquote_to_bytes(payload)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise _Bad(f"the data URI holds {len(data)} bytes, more than {max_bytes}")
+    return data, match.group("type").strip() or "text/plain"
+
+
+def _b64decode(payload: str) -> bytes:
+    # Lenient in form (whitespace, percent-encoding, URL-safe alphabet, missing padding),
+    # strict in content: any other character is refused, not silently dropped.
+    text = re.sub(r"\s+", "", payload)
+    if "%" in text:
+        text = unquote_to_bytes(text).decode("latin-1")
+    text = text.replace("-", "+").replace("_", "/").rstrip("=")
+    if len(text) % 4 == 1:
+        raise _Bad("the data URI's base64 is not valid (truncated)")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _Bad("the data URI's base64 is not valid") from exc
 
 
 class Fetcher:
@@ -65,42 +189,169 @@ class Fetcher:
         max_redirects: int = 5,
         allow_private: bool = False,
         max_pixels: int = 64_000_000,
+        allowed_networks: Iterable[str] = (),
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_redirects = max_redirects
         self.allow_private = allow_private
         self.max_pixels = max_pixels
+        self.policy = AddressPolicy(allow_private=allow_private, allowed_networks=allowed_networks)
+        self._ssl_context = ssl_context
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Fetcher:
-        return cls()
+        return cls(
+            max_bytes=settings.fetch_max_bytes,
+            timeout=settings.fetch_timeout_seconds,
+            max_redirects=settings.fetch_max_redirects,
+            allow_private=settings.fetch_allow_private,
+            allowed_networks=settings.fetch_allowed_networks,
+            max_pixels=settings.max_image_pixels,
+        )
 
     def fetch(self, value: str, *, field: str) -> FetchedFile:
-        if value.startswith("data:"):
-            data, content_type = self._decode_data_uri(value, field)
-            return FetchedFile(field, data, content_type, self.max_pixels)
-        raise FetchRefused(f"{field}: fetching URLs is not available yet; send a data: URI")
+        try:
+            judged = _judge(value, self.max_bytes, self.policy)
+            if isinstance(judged, tuple):
+                data, declared = judged
+            else:
+                parts: list[bytes] = []
+                declared = self._download(judged, self.max_bytes, parts.append) or ""
+                data = b"".join(parts)
+        except _Bad as exc:
+            raise FetchRefused(f"{field}: {exc}") from None
+        return FetchedFile(field, data, content_type_of(data, declared), self.max_pixels)
 
     def download_to(
-        self, url: str, path: Path, *, field: str, max_bytes: int | None = None
+        self,
+        url: str,
+        path: Path,
+        *,
+        field: str,
+        max_bytes: int | None = None,
+        timeout: float | None = None,
     ) -> None:
-        fetched = self.fetch(url, field=field)
-        path.write_bytes(fetched.data)
-
-    def _decode_data_uri(self, value: str, field: str) -> tuple[bytes, str]:
-        match = _DATA_URI.match(value)
-        if match is None:
-            raise FetchRefused(f"{field}: not a valid data URI")
-        params = match.group("params").split(";")
-        payload = match.group("data")
+        """Write the file at ``url`` (or a data URI) to ``path``, streamed: never more than
+        ``max_bytes`` on disk, within ``timeout`` seconds (defaults: the fetcher's), and
+        nothing left behind on refusal."""
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        partial = path.with_name(path.name + ".part")
         try:
-            if "base64" in params:
-                data = base64.b64decode(payload, validate=False)
-            else:
-                data = unquote_to_bytes(payload)
-        except (binascii.Error, ValueError) as exc:
-            raise FetchRefused(f"{field}: the data URI's base64 is not valid") from exc
-        if len(data) > self.max_bytes:
-            raise FetchRefused(f"{field}: the file is larger than {self.max_bytes} bytes")
-        return data, match.group("type") or "application/octet-stream"
+            judged = _judge(url, limit, self.policy)
+            with partial.open("wb") as out:
+                if isinstance(judged, tuple):
+                    out.write(judged[0])
+                else:
+                    self._download(judged, limit, out.write, timeout)
+            partial.replace(path)
+        except _Bad as exc:
+            raise FetchRefused(f"{field}: {exc}") from None
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def _download(
+        self,
+        url: httpx.URL,
+        limit: int,
+        sink: Callable[[bytes], object],
+        timeout: float | None = None,
+    ) -> str | None:
+        """Stream ``url`` into ``sink``; return the server's Content-Type. _Bad on refusal."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        hop = 0
+        while True:
+            try:
+                location = self._hop(url, limit, sink, deadline)
+            except _Bad as exc:
+                raise _Bad(f"redirected to {url}: {exc}" if hop else str(exc)) from None
+            except (TimeUp, httpx.TimeoutException, httpcore.TimeoutException):
+                raise _Bad(f"downloading took longer than {timeout:g} seconds") from None
+            except httpcore.ConnectError as exc:
+                raise _Bad(f"could not connect to {url.host}: {exc}") from None
+            except (
+                httpx.HTTPError,
+                httpcore.NetworkError,
+                httpcore.ProtocolError,
+                zlib.error,
+            ) as exc:
+                raise _Bad(f"the download from {url.host} failed: {exc}") from None
+            if not isinstance(location, httpx.URL):
+                return location
+            hop += 1
+            if hop > self.max_redirects:
+                raise _Bad(f"more than {self.max_redirects} redirects")
+            url = _parse_url_redirect(location, self.policy)
+
+    def _hop(
+        self, url: httpx.URL, limit: int, sink: Callable[[bytes], object], deadline: float
+    ) -> httpx.URL | str | None:
+        """One request: the redirect's target URL, or the body streamed and its type."""
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            # raw_host: the IDNA (ASCII) form, what DNS knows.
+            host = url.raw_host.decode("ascii")
+            addresses = netguard.resolve(host, port, self.policy, deadline)
+        except ValueError as exc:
+            raise _Bad(str(exc)) from None
+        if self._ssl_context is None:
+            # Loading the CA bundle takes a while: once per fetcher (a benign race at worst).
+            self._ssl_context = httpx.create_ssl_context()
+        transport = netguard.PinnedTransport(addresses, deadline, self._ssl_context)
+        # trust_env=False: a proxy from the environment would resolve names itself and
+        # bypass the pinning. timeout=None: the transport bounds every socket operation by
+        # the deadline instead.
+        with (
+            httpx.Client(transport=transport, trust_env=False, timeout=None) as client,
+            client.stream(
+                "GET",
+                url,
+                headers={"Accept-Encoding": "identity", "User-Agent": _USER_AGENT},
+            ) as response,
+        ):
+            if response.is_redirect:
+                try:
+                    return url.join(response.headers["location"])
+                except (httpx.InvalidURL, ValueError, TypeError) as exc:
+                    raise _Bad(f"the server redirected to an invalid URL: {exc}") from None
+            if response.status_code != 200:
+                raise _Bad(f"the server answered {response.status_code} for {url}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _Bad(f"the server says the file is {declared} bytes, more than {limit}")
+            total = 0
+            encoding = response.headers.get("content-encoding", "").strip().lower()
+            for chunk in _decoded(response.iter_raw(_CHUNK), encoding, limit):
+                total += len(chunk)
+                if total > limit:
+                    raise _Bad(f"the file is larger than {limit} bytes")
+                if time.monotonic() > deadline:
+                    raise TimeUp()
+                sink(chunk)
+            return response.headers.get("content-type")
+
+
+def _parse_url_redirect(location: httpx.URL, policy: AddressPolicy) -> httpx.URL:
+    try:
+        return _parse_url(str(location), policy)
+    except _Bad as exc:
+        raise _Bad(f"redirected to {location}: {exc}") from None
+
+
+def _decoded(chunks: Iterable[bytes], encoding: str, limit: int) -> Iterator[bytes]:
+    """Undo gzip/deflate compression that a server applied although we asked for none,
+    never holding more than ``limit`` + 1 decompressed bytes at once (zlib's max_length), so
+    a compression bomb stays a refusal. Other encodings pass through as they came."""
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 47}
+    if encoding not in wbits:
+        yield from chunks
+        return
+    inflater = zlib.decompressobj(wbits[encoding])  # 47: zlib or gzip header, autodetected
+    for chunk in chunks:
+        pending = chunk
+        while pending:
+            yield inflater.decompress(pending, limit + 1)
+            pending = inflater.unconsumed_tail
+    yield inflater.flush()

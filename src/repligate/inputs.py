@@ -16,11 +16,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from repligate.errors import InvalidField, InvalidInput
+from repligate.fetch import check_reference
 from repligate.models.spec import ModelSpec
 
 # torch seeds and most integer inputs end up as 64-bit integers.
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
-_URI_SCHEMES = ("http://", "https://", "data:")
 
 
 @lru_cache(maxsize=32)
@@ -94,13 +94,12 @@ def _extra_checks(spec: ModelSpec, values: dict[str, Any]) -> list[InvalidField]
         elif isinstance(value, int) and not isinstance(value, bool):
             if not _INT_MIN <= value <= _INT_MAX:
                 problems.append(InvalidField("number_lte", field, "Must fit in a 64-bit integer"))
-        elif (
-            prop.get("format") == "uri"
-            and isinstance(value, str)
-            and value != ""
-            and not value.startswith(_URI_SCHEMES)
-        ):
-            problems.append(InvalidField("format", field, "Must be an http(s) URL or a data: URI"))
+        elif prop.get("format") == "uri" and isinstance(value, str) and value != "":
+            # Only what is wrong whatever the operator set (scheme, malformed URL or data
+            # URI); addresses and sizes depend on settings and are judged at fetch time.
+            reason = check_reference(value)
+            if reason is not None:
+                problems.append(InvalidField("format", field, reason))
     return problems
 
 
@@ -120,4 +119,7 @@ def validate(spec: ModelSpec, raw: Any) -> dict[str, Any]:
     for name, prop in spec.schemas["Input"]["properties"].items():
         if name not in filled and "default" in prop:
             filled[name] = prop["default"]
+    # The model's own checks see the defaults too (an unset width is its default's width).
+    if spec.check_input is not None and (problems := spec.check_input(filled)):
+        raise InvalidInput(problems)
     return filled

@@ -62,7 +62,11 @@ def _decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
         direction, at, prediction_id = base64.urlsafe_b64decode(padded).decode().split("|")
         if direction not in ("n", "p"):
             raise ValueError(direction)
-        return direction, (datetime.fromisoformat(at), prediction_id)
+        position = datetime.fromisoformat(at)
+        # Our cursors always carry UTC; a naive one is forged and would fail in the store.
+        if position.tzinfo is None:
+            raise ValueError(at)
+        return direction, (position, prediction_id)
     except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
         raise InvalidRequest(
             "The cursor is not valid; use the next/previous URLs as given."

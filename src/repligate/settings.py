@@ -40,6 +40,25 @@ class Settings(BaseSettings):
     log_flush_interval: float = Field(default=0.5, ge=0.0)
     png_compress_level: int = Field(default=4, ge=0, le=9)
 
+    # File inputs (fetch.py). Private, loopback, link-local (cloud metadata) and other
+    # non-public addresses are refused unless allowed: all of them, or some networks.
+    fetch_allow_private: bool = False
+    fetch_allowed_networks: list[str] = Field(
+        default_factory=list, description='CIDRs file URLs may reach, e.g. ["10.1.0.0/16"]'
+    )
+    fetch_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    fetch_timeout_seconds: float = Field(default=60.0, gt=0, description="Whole download")
+    fetch_max_redirects: int = Field(default=5, ge=0, le=20)
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+    # The SD family's NSFW filter (runners/safety.py); false turns it off server-wide.
+    safety_checker: bool = True
+    # Trained weights named by URL (SDXL's replicate_weights), cached under
+    # <data_dir>/trained-weights, least recently used first out past the cap.
+    trained_weights_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    trained_weights_max_bytes: int = Field(
+        default=10 * 1024**3, ge=1, description="Largest trained-weights tarball, unpacked"
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -61,6 +61,10 @@ async def json_body(request: Request) -> Any:
         return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MalformedBody(f"The request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        # A body like "[[[[..." a few kB long exhausts the parser's stack: a user's
+        # mistake (or an attack), not a server fault.
+        raise MalformedBody("The request body nests JSON too deeply.") from exc
 
 
 def _reject_constant(name: str) -> Any:

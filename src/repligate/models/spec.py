@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from repligate.errors import InvalidField
     from repligate.runners.base import RunnerFactory
 
 
@@ -24,6 +26,9 @@ class ModelSpec:
     default_weights: str | None = None
     # Builds the runner for this model on this server; None = no local runner yet.
     runner: RunnerFactory | None = None
+    # Checks the schema cannot express (e.g. sizes that must be multiples of 8), run on
+    # the input with defaults filled in; each problem refuses the prediction at create.
+    check_input: Callable[[dict[str, Any]], list[InvalidField]] | None = None
     cog_version: str = "0.8.6"
 
     @property

@@ -1,6 +1,7 @@
-"""stability-ai/stable-diffusion-img2img: schema and input validation; no runner yet."""
+"""stability-ai/stable-diffusion-img2img: Stable Diffusion 2.1 image-to-image."""
 
 from repligate.models.spec import ModelSpec
+from repligate.runners.stable_diffusion import StableDiffusionImageToImageRunner
 
 MODEL = ModelSpec(
     owner="stability-ai",
@@ -9,4 +10,5 @@ MODEL = ModelSpec(
     version_created_at="2022-12-17T00:00:00Z",
     description="Generate a new image from an input image with Stable Diffusion",
     default_weights="stabilityai/stable-diffusion-2-1",
+    runner=StableDiffusionImageToImageRunner,
 )

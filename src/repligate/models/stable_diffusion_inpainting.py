@@ -1,6 +1,7 @@
-"""stability-ai/stable-diffusion-inpainting: schema and input validation; no runner yet."""
+"""stability-ai/stable-diffusion-inpainting: Stable Diffusion 2 inpainting (9-channel UNet)."""
 
 from repligate.models.spec import ModelSpec
+from repligate.runners.stable_diffusion import StableDiffusionInpaintRunner
 
 MODEL = ModelSpec(
     owner="stability-ai",
@@ -9,4 +10,5 @@ MODEL = ModelSpec(
     version_created_at="2023-03-30T00:00:00Z",
     description="Fill in masked parts of images with Stable Diffusion",
     default_weights="stabilityai/stable-diffusion-2-inpainting",
+    runner=StableDiffusionInpaintRunner,
 )

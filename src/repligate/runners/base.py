@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from repligate.events import Event
 from repligate.fetch import Fetcher
+from repligate.runners.components import SharedModules
+from repligate.runners.safety import LazySafetyChecker
 
 if TYPE_CHECKING:
     from repligate.models.spec import ModelSpec
     from repligate.runners.cache import PipelineCache
     from repligate.runners.device import DeviceChoice
+    from repligate.runners.sdxl_weights import TrainedWeightsCache
     from repligate.runners.weights import WeightsLocator
 
 
@@ -44,6 +47,12 @@ class RunnerEnv:
     # For files a runner fetches itself (e.g. trained weights named by URL).
     fetcher: Fetcher
     png_compress_level: int = 4
+    # The SD family's safety checker (runners/safety.py); off unless the app wires one.
+    safety: LazySafetyChecker = field(default_factory=LazySafetyChecker.disabled)
+    # Pipelines built from one weights source share their modules (runners/components.py).
+    modules: SharedModules = field(default_factory=SharedModules)
+    # Downloaded trained weights (SDXL's replicate_weights); None: such inputs are refused.
+    trained_weights: TrainedWeightsCache | None = None
 
 
 RunnerFactory = Callable[["RunnerEnv", "ModelSpec"], Runner]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
+from repligate.testing import tiny_safety, tiny_sdxl
 
 
 def clip_tokenizer() -> Any:
@@ -32,9 +33,9 @@ def clip_tokenizer() -> Any:
         vocab_file, merges_file = Path(tmp, "vocab.json"), Path(tmp, "merges.txt")
         vocab_file.write_text(json.dumps(vocab))
         merges_file.write_text("#version: 0.2\n")
-        return CLIPTokenizer(
-            vocab_file=str(vocab_file), merges_file=str(merges_file), model_max_length=77
-        )
+        # transformers 5 reads `vocab`/`merges`; it silently ignores `vocab_file`/`merges_file`
+        # and then encodes every text to the same ids, so prompts would change nothing.
+        return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
 
 
 def clip_text_encoder(seed: int) -> Any:
@@ -124,8 +125,40 @@ def stable_diffusion(target: Path, seed: int = 0) -> None:
     pipe.save_pretrained(target)
 
 
+def stable_diffusion_inpainting(target: Path, seed: int = 10) -> None:
+    """stability-ai/stable-diffusion-inpainting: SD 2 inpainting, a 9-channel UNet (4
+    latent + 1 mask + 4 masked-image latent), epsilon prediction, default size 512."""
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+
+    pipe: Any = StableDiffusionInpaintPipeline(
+        vae=vae(seed),
+        text_encoder=clip_text_encoder(seed + 1),
+        tokenizer=clip_tokenizer(),
+        unet=sd_unet(seed + 2, in_channels=9, sample_size=64),
+        scheduler=DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+            prediction_type="epsilon",
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(target)
+
+
 BUILDERS: dict[str, Callable[[Path], None]] = {
     "stability-ai__stable-diffusion": stable_diffusion,
+    "stability-ai__stable-diffusion-inpainting": stable_diffusion_inpainting,
+    # The original loads SD 2.1 as stable-diffusion does: the same tiny weights again.
+    "stability-ai__stable-diffusion-img2img": stable_diffusion,
+    # Non-flagging; tests that need flags write their own (tiny_safety.safety_checker).
+    "safety-checker": tiny_safety.safety_checker,
+    "stability-ai__sdxl": tiny_sdxl.sdxl,
 }
 
 

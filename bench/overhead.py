@@ -1,0 +1,368 @@
+"""What serving costs on top of calling the pipeline: prints tables, never passes or fails.
+
+    python bench/overhead.py                 # 512x512 20 steps K_EULER, plus 64x64 2 steps
+    python bench/overhead.py --rounds 30 --size 768 --steps 30
+
+It builds the tiny random-weight pipelines in a temp dir, starts a live repligate server
+(uvicorn, in-process workers, SQLite, local files) and, round by round so that drift
+cancels (the order rotates each round), runs the same prediction four ways:
+
+- direct: the server's own cached pipeline object, called on one long-lived thread with
+  the same settings (seed, size, steps, scheduler, guidance), then PNG-encoded;
+- direct on a second long-lived thread: the control for thread switching (torch keeps an
+  OpenMP team per calling thread; the server's worker is such a second thread);
+- runner: the model's runner (``runner.run``) on the first thread, outside the server;
+- HTTP: ``POST /replicate/v1/predictions`` (sync) over a keep-alive connection.
+
+Then it splits the HTTP time with the prediction's own timestamps, and times each step the
+server adds (validation, DB writes, queue hand-off, PNG, storage, wake-up) in isolation,
+with the server's own functions, so no timing code sits in the serving path. The machine
+should be otherwise idle: the load average is printed because other processes on 2 cores
+move every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+from steps import StepTimer
+
+from repligate.app import create_app
+from repligate.settings import Settings
+from repligate.testing.live_server import LiveServer
+
+OWNER, NAME = "stability-ai", "stable-diffusion"
+# Piped output (make bench | tee) gets a fixed width instead of rich's 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
+
+
+@dataclass
+class Case:
+    width: int
+    height: int
+    steps: int
+    rounds: int
+    scheduler: str
+    seed: int = 42
+    guidance: float = 7.5
+    prompt: str = "a photo of an astronaut riding a horse on mars"
+
+    @property
+    def label(self) -> str:
+        return f"{self.width}x{self.height}, {self.steps} steps"
+
+    def input(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "width": self.width,
+            "height": self.height,
+            "num_inference_steps": self.steps,
+            "scheduler": self.scheduler,
+            "guidance_scale": self.guidance,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class Results:
+    direct: list[float] = field(default_factory=list)
+    # The same direct call on a second long-lived thread, taking turns with the first:
+    # what switching threads costs torch (the server's worker is such a second thread).
+    other: list[float] = field(default_factory=list)
+    runner: list[float] = field(default_factory=list)
+    http: list[float] = field(default_factory=list)
+    # Per HTTP prediction: (request sent, created, started, completed, response read),
+    # as wall-clock seconds.
+    marks: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _QuietContext:
+    """A RunContext that keeps nothing: the runner outside any server."""
+
+    prediction_id = "bench"
+
+    def emit(self, event: Any) -> None:
+        pass
+
+    def canceled(self) -> bool:
+        return False
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+class Bench:
+    def __init__(self, server: LiveServer, token: str) -> None:
+        self.server = server
+        container = server.container
+        self.spec = container.service.registry.model(OWNER, NAME)
+        self.runner: Any = container.provider.runner(self.spec)
+        self.png_level = container.settings.png_compress_level
+        self.http = httpx.Client(
+            base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=300
+        )
+        # ONE long-lived thread for every direct call: torch gives each calling thread its
+        # own OpenMP team, so a new thread per call would measure something else.
+        self.direct_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="direct")
+        self.other_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="other")
+        self._pipes: dict[str, Any] = {}
+
+    def close(self) -> None:
+        self.direct_thread.shutdown()
+        self.other_thread.shutdown()
+        self.http.close()
+
+    def _pipe(self, scheduler: str) -> Any:
+        """The server's cached pipeline, with the scheduler the runner would use."""
+        if scheduler not in self._pipes:
+            from repligate.runners import schedulers
+
+            base = self.runner.pipeline()  # the same object the server's worker calls
+            pipe = type(base)(
+                **{
+                    **base.components,
+                    "scheduler": schedulers.make(scheduler, base.scheduler.config),
+                },
+                requires_safety_checker=False,
+            )
+            pipe.set_progress_bar_config(disable=True)
+            self._pipes[scheduler] = pipe
+        return self._pipes[scheduler]
+
+    def direct_once(
+        self, case: Case, thread: ThreadPoolExecutor | None = None
+    ) -> tuple[float, bytes]:
+        import torch
+
+        from repligate.storage import encode
+
+        pipe = self._pipe(case.scheduler)
+
+        def call() -> tuple[float, bytes]:
+            started = time.perf_counter()
+            result = pipe(
+                prompt=[case.prompt],
+                width=case.width,
+                height=case.height,
+                guidance_scale=case.guidance,
+                num_inference_steps=case.steps,
+                generator=torch.Generator("cpu").manual_seed(case.seed),
+            )
+            data = encode.png(result.images[0], "out-0.png", self.png_level).data
+            return time.perf_counter() - started, data
+
+        return (thread or self.direct_thread).submit(call).result()
+
+    def runner_once(self, case: Case) -> float:
+        from repligate import inputs
+
+        run_input = inputs.validate(self.spec, case.input())
+
+        def call() -> float:
+            started = time.perf_counter()
+            self.runner.run(run_input, _QuietContext())
+            return time.perf_counter() - started
+
+        return self.direct_thread.submit(call).result()
+
+    def http_once(self, case: Case) -> tuple[float, dict[str, Any], float, float]:
+        body = {"version": f"{OWNER}/{NAME}:{self.spec.version}", "input": case.input()}
+        sent_wall, started = time.time(), time.perf_counter()
+        response = self.http.post("/replicate/v1/predictions", json=body)
+        elapsed = time.perf_counter() - started
+        read_wall = time.time()
+        answer = response.json()
+        if response.status_code != 200 or answer.get("status") != "succeeded":
+            raise SystemExit(f"HTTP prediction did not succeed: {response.status_code} {answer}")
+        return elapsed, answer, sent_wall, read_wall
+
+    def run_case(self, case: Case) -> Results:
+        results = Results()
+        # Warm-up, not counted: pipeline load, first-call allocations, the HTTP connection.
+        self.http_once(case)
+        self.direct_once(case)
+        self.direct_once(case, self.other_thread)
+        self.runner_once(case)
+        paths = ["direct", "http", "other", "runner"]
+        for index in range(case.rounds):
+            # Rotate the order: every path runs in every position (and after every other
+            # path) equally often, so neither drift nor what ran just before favours one.
+            order = paths[index % 4 :] + paths[: index % 4]
+            for which in order:
+                if which == "direct":
+                    results.direct.append(self.direct_once(case)[0])
+                elif which == "other":
+                    results.other.append(self.direct_once(case, self.other_thread)[0])
+                elif which == "runner":
+                    results.runner.append(self.runner_once(case))
+                else:
+                    elapsed, answer, sent, read = self.http_once(case)
+                    results.http.append(elapsed)
+                    results.bodies.append(answer)
+                    results.marks.append(
+                        (
+                            sent,
+                            _epoch(answer["created_at"]),
+                            _epoch(answer["started_at"]),
+                            _epoch(answer["completed_at"]),
+                            read,
+                        )
+                    )
+        return results
+
+    def same_image(self, case: Case, results: Results) -> bool:
+        """Both paths made the same PNG: the comparison is of the same work."""
+        url = results.bodies[-1]["output"][0]
+        served = self.http.get(url).content
+        return served == self.direct_once(case)[1]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:,.1f}"
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def print_end_to_end(rows: list[tuple[Case, Results, bool]]) -> None:
+    table = Table(
+        title="End to end (ms): medians over rounds; added = median over rounds of (x − direct)"
+    )
+    for column, justify in (("case", "left"), ("path", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for column in ("median", "min", "max", "÷ direct", "added"):
+        table.add_column(column, justify="right")
+    paths = [
+        ("direct", "direct: pipeline + PNG, one thread"),
+        ("other", "direct on a 2nd thread (taking turns)"),
+        ("runner", "runner.run, outside the server"),
+        ("http", "HTTP sync POST /replicate/v1/predictions"),
+    ]
+    for case, r, same in rows:
+        for index, (attr, label) in enumerate(paths):
+            values: list[float] = getattr(r, attr)
+            added = [x - d for x, d in zip(values, r.direct, strict=True)]
+            table.add_row(
+                f"{case.label}, {case.rounds} rounds" if index == 0 else "",
+                label,
+                ms(med(values)),
+                ms(min(values)),
+                ms(max(values)),
+                f"{med(values) / med(r.direct):.3f}",
+                "" if attr == "direct" else ms(med(added)),
+            )
+        table.add_row(
+            "", "HTTP output PNG == direct PNG", "yes" if same else "NO", end_section=True
+        )
+    console.print(table)
+
+
+def print_split(rows: list[tuple[Case, Results, bool]]) -> None:
+    table = Table(title="One HTTP prediction split by its own timestamps, medians (ms)")
+    table.add_column("segment")
+    for case, _, _ in rows:
+        table.add_column(case.label, justify="right")
+    segments = [
+        ("request sent → created_at (HTTP in, auth, body, validation)", 0, 1),
+        ("created_at → started_at (DB insert, queue hand-off)", 1, 2),
+        ("started_at → completed_at (claim, runner, logs, storage)", 2, 3),
+        ("completed_at → response read (DB update, wake-up, reply)", 3, 4),
+    ]
+    for label, a, b in segments:
+        table.add_row(label, *[ms(med([m[b] - m[a] for m in r.marks])) for _, r, _ in rows])
+    table.add_row(
+        "  of which the worker added to direct (started → completed − direct)",
+        *[
+            ms(med([m[3] - m[2] - d for m, d in zip(r.marks, r.direct, strict=True)]))
+            for _, r, _ in rows
+        ],
+    )
+    console.print(table)
+
+
+def print_steps(steps: list[tuple[str, float, float, str]], note: str) -> None:
+    table = Table(title=f"Each step the server adds, timed alone ({note}); ms")
+    for column, justify in (("step", "left"), ("median", "right"), ("× per prediction", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("per prediction", justify="right")
+    table.add_column("where", justify="left")
+    total = 0.0
+    for label, median, count, where in steps:
+        per = median * count
+        if where not in ("both paths", "part of the GET"):
+            total += per
+        table.add_row(label, ms(median), f"{count:g}", ms(per), where)
+    table.add_row("sum of server-only steps", "", "", ms(total), "")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of the main case")
+    parser.add_argument("--size", type=int, default=512, help="width and height (x64)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--scheduler", default="K_EULER")
+    parser.add_argument("--small-rounds", type=int, default=40, help="rounds of 64x64, 2 steps")
+    parser.add_argument("--step-repeats", type=int, default=200, help="repeats per timed step")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from repligate.testing.tiny_weights import build_all
+
+    cases = [
+        Case(args.size, args.size, args.steps, args.rounds, args.scheduler),
+        Case(64, 64, 2, args.small_rounds, args.scheduler),
+    ]
+    with tempfile.TemporaryDirectory(prefix="repligate-bench-") as tmp:
+        root = Path(tmp)
+        console.print("building tiny random-weight pipelines ...")
+        build_all(root / "weights")
+        settings = Settings(data_dir=root / "data", weights_dir=root / "weights")
+        with LiveServer(create_app(settings)) as server:
+            token = server.make_token("bench")
+            bench = Bench(server, token)
+            try:
+                rows = []
+                for case in cases:
+                    console.print(f"running {case.label} x {case.rounds} rounds ...")
+                    results = bench.run_case(case)
+                    rows.append((case, results, bench.same_image(case, results)))
+                timer = StepTimer(server, token, bench.spec, cases[0].input(), args.step_repeats)
+                steps = timer.run(rows[0][1].bodies[-1], settings)
+            finally:
+                bench.close()
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    console.print(
+        f"load average at the end {load} (other processes skew everything); "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs; log flush every {settings.log_flush_interval} s, "
+        f"PNG level {settings.png_compress_level}"
+    )
+    print_end_to_end(rows)
+    print_split(rows)
+    print_steps(steps, f"{cases[0].label}, {args.step_repeats} repeats")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
