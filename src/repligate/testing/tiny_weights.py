@@ -57,7 +57,7 @@ def clip_text_encoder(seed: int) -> Any:
     return CLIPTextModel(config)
 
 
-def vae(seed: int, latent_channels: int = 4) -> Any:
+def vae(seed: int, latent_channels: int = 4, force_upcast: bool = True) -> Any:
     """Four blocks, so the scale factor is 8 as in the real VAEs (a 2-block VAE would make
     768 px a 384 px latent: minutes per image)."""
     import torch
@@ -71,6 +71,7 @@ def vae(seed: int, latent_channels: int = 4) -> Any:
         layers_per_block=1,
         norm_num_groups=8,
         latent_channels=latent_channels,
+        force_upcast=force_upcast,
     )
 
 
