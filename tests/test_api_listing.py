@@ -34,7 +34,8 @@ def paged(settings: Settings) -> Iterator[tuple[TestClient, dict[str, str], list
 
 
 def _get(client: TestClient, url: str, auth: dict[str, str], **params: str) -> dict[str, Any]:
-    response = client.get(url, headers=auth, params=params)
+    # No params at all for next/previous URLs: httpx drops a URL's query for params={}.
+    response = client.get(url, headers=auth, params=params or None)
     assert response.status_code == 200, response.text
     page: dict[str, Any] = response.json()
     assert set(page) == {"next", "previous", "results"}
@@ -74,7 +75,7 @@ def test_pages_follow_next_and_previous_with_the_callers_prefix(
     client, auth, ids = paged
     newest_first = list(reversed(ids))
     pages = [_get(client, f"{prefix}/predictions", auth)]
-    while pages[-1]["next"]:
+    while pages[-1]["next"] and len(pages) < 5:
         url = pages[-1]["next"]
         assert url.startswith(f"http://testserver{prefix}/predictions?")
         if prefix == "/v1":
@@ -89,7 +90,7 @@ def test_pages_follow_next_and_previous_with_the_callers_prefix(
 
     # And back again from the last page.
     back = [pages[-1]]
-    while back[-1]["previous"]:
+    while back[-1]["previous"] and len(back) < 5:
         assert back[-1]["previous"].startswith(f"http://testserver{prefix}/predictions?")
         back.append(_get(client, back[-1]["previous"], auth))
     assert [_ids(p) for p in back] == [_ids(p) for p in reversed(pages)]
@@ -102,7 +103,7 @@ def test_created_after_is_inclusive_and_created_before_exclusive(
     client, auth, ids = paged
     everything: list[dict[str, Any]] = []
     url: str | None = "/v1/predictions"
-    while url:
+    while url and len(everything) < 10:
         page = _get(client, url, auth)
         everything += page["results"]
         url = page["next"]
@@ -112,7 +113,7 @@ def test_created_after_is_inclusive_and_created_before_exclusive(
     after: list[str] = []
     url = "/v1/predictions"
     params = {"created_after": middle}
-    while url:
+    while url and len(after) < 10:
         page = _get(client, url, auth, **params)
         after += _ids(page)
         url, params = page["next"], {}
