@@ -5,7 +5,8 @@
 
 It builds the tiny random-weight pipelines in a temp dir, starts a live repligate server
 (uvicorn, in-process workers, SQLite, local files) and, round by round so that drift
-cancels (the order rotates each round), runs the same prediction four ways:
+cancels (the order rotates each round), runs the same prediction four ways, each a few
+times in a row (a block):
 
 - direct: the server's own cached pipeline object, called on one long-lived thread with
   the same settings (seed, size, steps, scheduler, guidance), then PNG-encoded;
@@ -13,6 +14,10 @@ cancels (the order rotates each round), runs the same prediction four ways:
   OpenMP team per calling thread; the server's worker is such a second thread);
 - runner: the model's runner (``runner.run``) on the first thread, outside the server;
 - HTTP: ``POST /replicate/v1/predictions`` (sync) over a keep-alive connection.
+
+The first call of each block follows a switch of thread, which costs torch on its own
+(research/serving-overhead.md, lesson 1) and which a server with one worker thread never
+pays; it is reported apart, and "steady" numbers leave it out.
 
 Then it splits the HTTP time with the prediction's own timestamps, and times each step the
 server adds (validation, DB writes, queue hand-off, PNG, storage, wake-up) in isolation,
@@ -79,18 +84,40 @@ class Case:
         }
 
 
+PATHS = ("direct", "other", "runner", "http")
+LABELS = {
+    "direct": "direct: pipeline + PNG, one thread",
+    "other": "direct on a 2nd thread",
+    "runner": "runner.run, outside the server",
+    "http": "HTTP sync POST /replicate/v1/predictions",
+}
+Marks = tuple[float, float, float, float, float]
+
+
 @dataclass
 class Results:
-    direct: list[float] = field(default_factory=list)
-    # The same direct call on a second long-lived thread, taking turns with the first:
-    # what switching threads costs torch (the server's worker is such a second thread).
-    other: list[float] = field(default_factory=list)
-    runner: list[float] = field(default_factory=list)
-    http: list[float] = field(default_factory=list)
-    # Per HTTP prediction: (request sent, created, started, completed, response read),
-    # as wall-clock seconds.
-    marks: list[tuple[float, float, float, float, float]] = field(default_factory=list)
+    # times[path][round]: that round's block of calls, in order. The first call of a block
+    # follows a switch of path, and for "other" and "http" a switch of thread.
+    times: dict[str, list[list[float]]] = field(
+        default_factory=lambda: {path: [] for path in PATHS}
+    )
+    # Steady HTTP calls (not first in their block): (request sent, created, started,
+    # completed, response read), as wall-clock seconds.
+    marks: list[Marks] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+
+    def steady(self, path: str) -> list[float]:
+        return [t for block in self.times[path] for t in block[1:]]
+
+    def first(self, path: str) -> list[float]:
+        return [block[0] for block in self.times[path]]
+
+    def added(self, path: str) -> list[float]:
+        """Per round: the path's steady median minus direct's, so drift cancels."""
+        return [
+            med(block[1:]) - med(direct[1:])
+            for block, direct in zip(self.times[path], self.times["direct"], strict=True)
+        ]
 
 
 class _QuietContext:
@@ -194,38 +221,34 @@ class Bench:
             raise SystemExit(f"HTTP prediction did not succeed: {response.status_code} {answer}")
         return elapsed, answer, sent_wall, read_wall
 
-    def run_case(self, case: Case) -> Results:
+    def _call(self, path: str, case: Case, results: Results, first: bool) -> float:
+        if path == "direct":
+            return self.direct_once(case)[0]
+        if path == "other":
+            return self.direct_once(case, self.other_thread)[0]
+        if path == "runner":
+            return self.runner_once(case)
+        elapsed, answer, sent, read = self.http_once(case)
+        results.bodies.append(answer)
+        if not first:
+            stamps = (answer["created_at"], answer["started_at"], answer["completed_at"])
+            created, started, completed = (_epoch(s) for s in stamps)
+            results.marks.append((sent, created, started, completed, read))
+        return elapsed
+
+    def run_case(self, case: Case, block: int) -> Results:
         results = Results()
         # Warm-up, not counted: pipeline load, first-call allocations, the HTTP connection.
-        self.http_once(case)
-        self.direct_once(case)
-        self.direct_once(case, self.other_thread)
-        self.runner_once(case)
-        paths = ["direct", "http", "other", "runner"]
+        for path in PATHS:
+            self._call(path, case, Results(), first=True)
         for index in range(case.rounds):
             # Rotate the order: every path runs in every position (and after every other
             # path) equally often, so neither drift nor what ran just before favours one.
-            order = paths[index % 4 :] + paths[: index % 4]
-            for which in order:
-                if which == "direct":
-                    results.direct.append(self.direct_once(case)[0])
-                elif which == "other":
-                    results.other.append(self.direct_once(case, self.other_thread)[0])
-                elif which == "runner":
-                    results.runner.append(self.runner_once(case))
-                else:
-                    elapsed, answer, sent, read = self.http_once(case)
-                    results.http.append(elapsed)
-                    results.bodies.append(answer)
-                    results.marks.append(
-                        (
-                            sent,
-                            _epoch(answer["created_at"]),
-                            _epoch(answer["started_at"]),
-                            _epoch(answer["completed_at"]),
-                            read,
-                        )
-                    )
+            order = PATHS[index % 4 :] + PATHS[: index % 4]
+            for path in order:
+                results.times[path].append(
+                    [self._call(path, case, results, first=i == 0) for i in range(block)]
+                )
         return results
 
     def same_image(self, case: Case, results: Results) -> bool:
@@ -243,32 +266,29 @@ def med(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def print_end_to_end(rows: list[tuple[Case, Results, bool]]) -> None:
+def print_end_to_end(rows: list[tuple[Case, Results, bool]], block: int) -> None:
     table = Table(
-        title="End to end (ms): medians over rounds; added = median over rounds of (x − direct)"
+        title=f"End to end (ms). Each round runs every path {block} times in a row; the "
+        "first call of each block (right after another path, maybe on another thread) is "
+        "shown apart; the rest are 'steady'. added = median over rounds of (steady − direct)"
     )
     for column, justify in (("case", "left"), ("path", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for column in ("median", "min", "max", "÷ direct", "added"):
+    for column in ("steady median", "min", "max", "÷ direct", "added", "first-call extra"):
         table.add_column(column, justify="right")
-    paths = [
-        ("direct", "direct: pipeline + PNG, one thread"),
-        ("other", "direct on a 2nd thread (taking turns)"),
-        ("runner", "runner.run, outside the server"),
-        ("http", "HTTP sync POST /replicate/v1/predictions"),
-    ]
     for case, r, same in rows:
-        for index, (attr, label) in enumerate(paths):
-            values: list[float] = getattr(r, attr)
-            added = [x - d for x, d in zip(values, r.direct, strict=True)]
+        direct = med(r.steady("direct"))
+        for index, path in enumerate(PATHS):
+            steady = r.steady(path)
             table.add_row(
                 f"{case.label}, {case.rounds} rounds" if index == 0 else "",
-                label,
-                ms(med(values)),
-                ms(min(values)),
-                ms(max(values)),
-                f"{med(values) / med(r.direct):.3f}",
-                "" if attr == "direct" else ms(med(added)),
+                LABELS[path],
+                ms(med(steady)),
+                ms(min(steady)),
+                ms(max(steady)),
+                f"{med(steady) / direct:.3f}",
+                "" if path == "direct" else ms(med(r.added(path))),
+                ms(med(r.first(path)) - med(steady)),
             )
         table.add_row(
             "", "HTTP output PNG == direct PNG", "yes" if same else "NO", end_section=True
@@ -277,7 +297,7 @@ def print_end_to_end(rows: list[tuple[Case, Results, bool]]) -> None:
 
 
 def print_split(rows: list[tuple[Case, Results, bool]]) -> None:
-    table = Table(title="One HTTP prediction split by its own timestamps, medians (ms)")
+    table = Table(title="Steady HTTP predictions split by their own timestamps, medians (ms)")
     table.add_column("segment")
     for case, _, _ in rows:
         table.add_column(case.label, justify="right")
@@ -290,11 +310,8 @@ def print_split(rows: list[tuple[Case, Results, bool]]) -> None:
     for label, a, b in segments:
         table.add_row(label, *[ms(med([m[b] - m[a] for m in r.marks])) for _, r, _ in rows])
     table.add_row(
-        "  of which the worker added to direct (started → completed − direct)",
-        *[
-            ms(med([m[3] - m[2] - d for m, d in zip(r.marks, r.direct, strict=True)]))
-            for _, r, _ in rows
-        ],
+        "  started → completed, minus direct's steady median",
+        *[ms(med([m[3] - m[2] for m in r.marks]) - med(r.steady("direct"))) for _, r, _ in rows],
     )
     console.print(table)
 
@@ -317,13 +334,16 @@ def print_steps(steps: list[tuple[str, float, float, str]], note: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=10, help="rounds of the main case")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds of the main case")
+    parser.add_argument("--block", type=int, default=3, help="calls of a path in a row (>= 2)")
     parser.add_argument("--size", type=int, default=512, help="width and height (x64)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--scheduler", default="K_EULER")
-    parser.add_argument("--small-rounds", type=int, default=40, help="rounds of 64x64, 2 steps")
+    parser.add_argument("--small-rounds", type=int, default=20, help="rounds of 64x64, 2 steps")
     parser.add_argument("--step-repeats", type=int, default=200, help="repeats per timed step")
     args = parser.parse_args(argv)
+    if args.block < 2:
+        parser.error("--block must be at least 2: the first call of each block is set apart")
 
     import torch
 
@@ -345,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = []
                 for case in cases:
                     console.print(f"running {case.label} x {case.rounds} rounds ...")
-                    results = bench.run_case(case)
+                    results = bench.run_case(case, args.block)
                     rows.append((case, results, bench.same_image(case, results)))
                 timer = StepTimer(server, token, bench.spec, cases[0].input(), args.step_repeats)
                 steps = timer.run(rows[0][1].bodies[-1], settings)
@@ -358,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; log flush every {settings.log_flush_interval} s, "
         f"PNG level {settings.png_compress_level}"
     )
-    print_end_to_end(rows)
+    print_end_to_end(rows, args.block)
     print_split(rows)
     print_steps(steps, f"{cases[0].label}, {args.step_repeats} repeats")
     return 0

@@ -210,6 +210,33 @@ class StepTimer:
             loop.close()
         return statistics.median(times)
 
+    def _runner_steps(self, image: Image.Image, repeats: int) -> list[Step]:
+        """What the model's runner does around the pipeline call (also in runner.run)."""
+        from repligate.runners import schedulers
+
+        runner = self.server.container.provider.runner(self.spec)
+        base: Any = runner.pipeline()
+        name = self.run_input["scheduler"]
+        steps: list[Step] = [
+            (
+                f"fresh {name} scheduler (per prediction)",
+                _median_time(repeats, lambda: schedulers.make(name, base.scheduler.config)),
+                1,
+                "runner",
+            )
+        ]
+        safety = getattr(getattr(runner, "env", None), "safety", None)
+        if safety is not None and getattr(safety, "enabled", True):
+            steps.append(
+                (
+                    "safety checker on the output (on by default)",
+                    _median_time(max(10, repeats // 10), lambda: safety.flags([image])),
+                    1,
+                    "runner",
+                )
+            )
+        return steps
+
     def run(self, sample: dict[str, Any], settings: Settings) -> list[Step]:
         """``sample``: one finished prediction of the case, as the API returned it."""
         steps: list[Step] = []
@@ -269,6 +296,7 @@ class StepTimer:
                 "worker",
             )
         )
+        steps.extend(self._runner_steps(image, repeats))
         level = settings.png_compress_level
         steps.append(
             (

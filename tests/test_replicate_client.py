@@ -204,9 +204,7 @@ def test_run_keeps_polling_after_the_sync_wait_runs_out(live: LiveServer, live_t
     assert done.output == output
 
 
-def test_a_failed_prediction_raises_model_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_failed_prediction_raises_model_error(tmp_path: Path) -> None:
     # A weights directory for the model that holds no pipeline: loading fails on the
     # worker, so the prediction is created, then fails.
     broken = tmp_path / "weights"

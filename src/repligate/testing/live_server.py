@@ -78,6 +78,7 @@ class LiveServer:
         with httpx.Client(base_url=self.url, timeout=5.0) as client:
             while time.monotonic() < deadline:
                 if not self._thread.is_alive():
+                    self._socket.close()
                     raise LiveServerError(f"the server thread exited: {self._failure!r}")
                 if self._server.started:
                     try:
