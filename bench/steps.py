@@ -78,25 +78,14 @@ class StepTimer:
         self.run_input = inputs.validate(spec, raw_input)
 
     def _new_prediction(self) -> Prediction:
-        prediction = Prediction(
+        prediction = Prediction.starting(
             id=new_prediction_id(),
             api_key_id=self.key.id,
             model=self.spec.ref,
             version=self.spec.version,
             input=self.raw_input,
             run_input=self.run_input,
-            output=None,
-            logs="",
-            error=None,
-            status=Status.STARTING,
-            source="api",
-            webhook=None,
-            webhook_events_filter=None,
             created_at=datetime.now(UTC),
-            started_at=None,
-            completed_at=None,
-            predict_time=None,
-            total_time=None,
         )
         with self.sessions() as session:
             store.insert(session, prediction)

@@ -48,25 +48,14 @@ def test_terminal_statuses_have_no_way_out() -> None:
 
 
 def new_prediction(api_key_id: str, prediction_id: str) -> Prediction:
-    return Prediction(
+    return Prediction.starting(
         id=prediction_id,
         api_key_id=api_key_id,
         model="stability-ai/stable-diffusion",
         version="v",
         input={},
         run_input={},
-        output=None,
-        logs="",
-        error=None,
-        status=Status.STARTING,
-        source="api",
-        webhook=None,
-        webhook_events_filter=None,
         created_at=datetime.now(UTC),
-        started_at=None,
-        completed_at=None,
-        predict_time=None,
-        total_time=None,
     )
 
 

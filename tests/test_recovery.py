@@ -22,25 +22,14 @@ def _leave_behind(client: TestClient, key_id: str, status: Status, age: timedelt
     """Write a prediction row as a crashed process leaves it (never queued here)."""
     spec = stable_diffusion.MODEL
     now = datetime.now(UTC)
-    prediction = Prediction(
+    prediction = Prediction.starting(
         id=new_prediction_id(),
         api_key_id=key_id,
         model=spec.ref,
         version=spec.version,
         input=FAST_SD_INPUT,
         run_input=inputs.validate(spec, FAST_SD_INPUT),
-        output=None,
-        logs="",
-        error=None,
-        status=Status.STARTING,
-        source="api",
-        webhook=None,
-        webhook_events_filter=None,
         created_at=now - age,
-        started_at=None,
-        completed_at=None,
-        predict_time=None,
-        total_time=None,
     )
     with client.app.state.container.sessions() as session:  # type: ignore[attr-defined]
         store.insert(session, prediction)

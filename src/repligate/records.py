@@ -30,6 +30,42 @@ class Prediction:
     predict_time: float | None
     total_time: float | None
 
+    @classmethod
+    def starting(
+        cls,
+        *,
+        id: str,
+        api_key_id: str,
+        model: str,
+        version: str,
+        input: dict[str, Any],
+        run_input: dict[str, Any],
+        created_at: datetime,
+        webhook: str | None = None,
+        webhook_events_filter: list[str] | None = None,
+    ) -> Prediction:
+        """A just-created prediction: queued, nothing run yet."""
+        return cls(
+            id=id,
+            api_key_id=api_key_id,
+            model=model,
+            version=version,
+            input=input,
+            run_input=run_input,
+            output=None,
+            logs="",
+            error=None,
+            status=Status.STARTING,
+            source="api",
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+            created_at=created_at,
+            started_at=None,
+            completed_at=None,
+            predict_time=None,
+            total_time=None,
+        )
+
 
 @dataclass(frozen=True)
 class ApiKey:

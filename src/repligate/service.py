@@ -120,25 +120,16 @@ class PredictionService:
                 f"{spec.ref} is known to this server and its input is valid, but this server "
                 "has no runner for it yet."
             )
-        prediction = Prediction(
+        prediction = Prediction.starting(
             id=new_prediction_id(),
             api_key_id=key.id,
             model=spec.ref,
             version=spec.version,
             input=raw_input,
             run_input=run_input,
-            output=None,
-            logs="",
-            error=None,
-            status=Status.STARTING,
-            source="api",
+            created_at=datetime.now(UTC),
             webhook=webhook,
             webhook_events_filter=webhook_events_filter,
-            created_at=datetime.now(UTC),
-            started_at=None,
-            completed_at=None,
-            predict_time=None,
-            total_time=None,
         )
         with self._sessions() as session:
             store.insert(session, prediction)

@@ -25,26 +25,6 @@ _POOLED_DIM = 32  # projection_dim of text_encoder_2
 _LORA_RANK = 4
 
 
-def text_encoder_2(seed: int) -> Any:
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=1000,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        projection_dim=_POOLED_DIM,
-    )
-    return CLIPTextModelWithProjection(config)
-
-
 def sdxl_unet(seed: int, *, refiner: bool = False, sample_size: int = 128) -> Any:
     """sample_size 128 makes the default size 1024 x 1024, as SDXL's."""
     import torch
@@ -88,7 +68,7 @@ def sdxl(target: Path, seed: int = 10) -> None:
     from repligate.testing.tiny_weights import clip_text_encoder, clip_tokenizer, vae
 
     tokenizer = clip_tokenizer()
-    encoder_2 = text_encoder_2(seed + 2)
+    encoder_2 = clip_text_encoder(seed + 2, projection_dim=_POOLED_DIM)
     # As the fp16-fix VAE the SDXL predictor ships: no upcast needed (and no warning).
     shared_vae = vae(seed, force_upcast=False)
     base: Any = StableDiffusionXLPipeline(

@@ -38,9 +38,11 @@ def clip_tokenizer() -> Any:
         return CLIPTokenizer(vocab=str(vocab_file), merges=str(merges_file), model_max_length=77)
 
 
-def clip_text_encoder(seed: int) -> Any:
+def clip_text_encoder(seed: int, projection_dim: int | None = None) -> Any:
+    """The tiny CLIP text encoder; with ``projection_dim``, the projecting kind SDXL uses as
+    its second encoder (its pooled output feeds the UNet's added embeddings)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
     config = CLIPTextConfig(
@@ -53,7 +55,10 @@ def clip_text_encoder(seed: int) -> Any:
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
+        projection_dim=projection_dim or 512,  # 512 is the config's default
     )
+    if projection_dim:
+        return CLIPTextModelWithProjection(config)
     return CLIPTextModel(config)
 
 
