@@ -259,3 +259,17 @@ def test_defaults_are_not_echoed_but_are_used(client: TestClient, auth: dict[str
     assert response.json()["input"] == sent
     assert response.json()["status"] == "succeeded"
     assert len(response.json()["output"]) == 1
+
+
+def test_schema_and_extra_problems_are_reported_together(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    version = "15a3689ee13b0d2616e98820eca31d4c3abcd36672df6afce5cb6feb1d66087d"
+    response = client.post(
+        "/v1/predictions",
+        json={"version": version, "input": {"image": "ftp://x/y.png", "num_outputs": 99}},
+        headers=auth,
+    )
+    assert response.status_code == 422
+    fields = {(f["type"], f["field"]) for f in response.json()["invalid_fields"]}
+    assert fields == {("number_lte", "input.num_outputs"), ("format", "input.image")}

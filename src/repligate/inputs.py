@@ -111,8 +111,10 @@ def validate(spec: ModelSpec, raw: Any) -> dict[str, Any]:
         )
     errors = sorted(_validator(spec).iter_errors(raw), key=lambda e: list(e.absolute_path))
     problems = [_describe(e) for e in errors]
-    if not problems:
-        problems = _extra_checks(spec, raw)
+    # Every bad field is reported at once: the extra checks cover the fields the schema
+    # found nothing wrong with.
+    already = {p.field for p in problems}
+    problems += [p for p in _extra_checks(spec, raw) if p.field not in already]
     if problems:
         raise InvalidInput(problems)
     filled = dict(raw)
