@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp, "weights")
         build_all(weights)
-        settings = Settings(data_dir=Path(tmp, "data"), weights_dir=weights)
+        # The direct calls run no safety checker, so neither does the server here: the
+        # table shows what serving adds, not what the (optional) filter costs.
+        settings = Settings(data_dir=Path(tmp, "data"), weights_dir=weights, safety_checker=False)
         with LiveServer(create_app(settings)) as server:
             family = Family(server, args.size, args.steps)
             cases = family.cases()
@@ -245,10 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"\nSD family, {args.size}x{args.size}, {args.steps} steps, K_EULER, "
                 f"{args.rounds} rounds, medians (load average {os.getloadavg()[0]:.2f})"
             )
-            print(f"{'model / mode':<30}{'direct':>12}{'HTTP':>12}{'ratio':>8}")
+            print(f"{'model / mode':<30}{'direct':>12}{'HTTP':>12}{'ratio':>8}{'added':>12}")
             for label, (http_times, direct_times) in timings.items():
                 h, d = statistics.median(http_times), statistics.median(direct_times)
-                print(f"{label:<30}{ms(d):>12}{ms(h):>12}{h / d:>8.3f}")
+                print(f"{label:<30}{ms(d):>12}{ms(h):>12}{h / d:>8.3f}{ms(h - d):>12}")
 
             modes = {label: call for label, call, _ in cases if label.startswith("sdxl")}
             same: list[float] = []

@@ -26,7 +26,15 @@ SEED_BODY: dict[str, Any] = {
 }
 # Slow enough on the tiny weights (seconds) that a 1 s wait or a cancel lands mid-run.
 SLOW_SD_INPUT = {**FAST_SD_INPUT, "width": 768, "height": 768, "num_inference_steps": 30}
-VERY_SLOW_SD_INPUT = {**FAST_SD_INPUT, "width": 768, "height": 768, "num_inference_steps": 500}
+# Minutes of work if it ran to the end: longer than any poll here waits, so a cancel that
+# did not stop the worker fails the test instead of only slowing it down.
+VERY_SLOW_SD_INPUT = {
+    **FAST_SD_INPUT,
+    "width": 1024,
+    "height": 1024,
+    "num_outputs": 4,
+    "num_inference_steps": 500,
+}
 
 
 def _create(
