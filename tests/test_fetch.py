@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +344,31 @@ def test_an_operator_may_allow_loopback_inputs(
     assert body["status"] == "succeeded", body["error"]
     # img2img keeps the input's size, floored to a multiple of 32: 48x32 gives 32x32.
     assert body["_size"] == (32, 32)
+
+
+@pytest.mark.parametrize(
+    ("path", "error"),
+    [
+        ("/huge", r"image: the file is larger than 1048576 bytes"),
+        ("/slow", r"image: downloading took longer than 0.5 seconds"),
+        ("/redirect-to?url=http://10.0.0.1/x.png", r"image: redirected to http://10\.0\.0\.1/"),
+        ("/redirect-to?url=http://169.254.169.254/", r"image: redirected to .*link-local"),
+        ("/text", r"image: the file is not an image"),
+        ("/bomb.png", r"image: the image declares more pixels than this server decodes"),
+    ],
+)
+def test_every_fetch_refusal_fails_the_prediction_with_its_reason(
+    base: str, tmp_path: Path, tiny_weights: Path, path: str, error: str
+) -> None:
+    # Loopback (the test server) is allowed; every other non-public address is not.
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        weights_dir=tiny_weights,
+        fetch_allowed_networks=LOOPBACK,
+        fetch_max_bytes=1024 * 1024,
+        fetch_timeout_seconds=0.5,
+    )
+    body = _img2img_over_http(settings, f"{base}{path}")
+    assert body["status"] == "failed"
+    assert re.match(error, body["error"]), body["error"]
+    assert body["output"] is None and body["data"] == []
