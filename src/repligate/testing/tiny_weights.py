@@ -99,10 +99,11 @@ def sd_unet(seed: int, in_channels: int = 4, sample_size: int = 96) -> Any:
     )
 
 
-def sd21_scheduler() -> Any:
+def sd2_scheduler(prediction_type: str = "v_prediction") -> Any:
+    """The DDIM scheduler as Stable Diffusion 2 ships it: v-prediction for 2.1 (768-v),
+    epsilon for the 512 px inpainting model."""
     from diffusers import DDIMScheduler
 
-    # As Stable Diffusion 2.1 (768-v) ships it: v-prediction.
     return DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -110,7 +111,7 @@ def sd21_scheduler() -> Any:
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        prediction_type="v_prediction",
+        prediction_type=prediction_type,
     )
 
 
@@ -123,7 +124,7 @@ def stable_diffusion(target: Path, seed: int = 0) -> None:
         text_encoder=clip_text_encoder(seed + 1),
         tokenizer=clip_tokenizer(),
         unet=sd_unet(seed + 2),
-        scheduler=sd21_scheduler(),
+        scheduler=sd2_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -134,22 +135,14 @@ def stable_diffusion(target: Path, seed: int = 0) -> None:
 def stable_diffusion_inpainting(target: Path, seed: int = 10) -> None:
     """stability-ai/stable-diffusion-inpainting: SD 2 inpainting, a 9-channel UNet (4
     latent + 1 mask + 4 masked-image latent), epsilon prediction, default size 512."""
-    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
+    from diffusers import StableDiffusionInpaintPipeline
 
     pipe: Any = StableDiffusionInpaintPipeline(
         vae=vae(seed),
         text_encoder=clip_text_encoder(seed + 1),
         tokenizer=clip_tokenizer(),
         unet=sd_unet(seed + 2, in_channels=9, sample_size=64),
-        scheduler=DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-            prediction_type="epsilon",
-        ),
+        scheduler=sd2_scheduler(prediction_type="epsilon"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
