@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -107,7 +108,7 @@ class PredictionService:
         raw_input: Any,
         *,
         webhook: str | None = None,
-        webhook_events_filter: list[str] | None = None,
+        webhook_events_filter: Sequence[str] | None = None,
     ) -> Prediction:
         run_input = inputs.validate(spec, raw_input)
         if webhook is not None:
@@ -129,7 +130,9 @@ class PredictionService:
             run_input=run_input,
             created_at=datetime.now(UTC),
             webhook=webhook,
-            webhook_events_filter=webhook_events_filter,
+            webhook_events_filter=list(webhook_events_filter)
+            if webhook_events_filter is not None
+            else None,
         )
         with self._sessions() as session:
             store.insert(session, prediction)

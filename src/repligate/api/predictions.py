@@ -29,6 +29,7 @@ from repligate.errors import InvalidRequest
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
 from repligate.records import ApiKey, Prediction
+from repligate.service import PredictionService
 
 router = APIRouter()
 
@@ -70,7 +71,7 @@ def _respond(request: Request, prediction: Prediction, status_code: int, **kw: A
 
 async def _create(
     request: Request,
-    service: Any,
+    service: PredictionService,
     key: ApiKey,
     spec: ModelSpec,
     body: PredictionCreate | ModelPredictionCreate,
