@@ -5,7 +5,9 @@ just works."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -92,6 +94,51 @@ def models() -> None:
     for spec in all_models():
         table.add_row(spec.ref, spec.version, "local" if spec.runner else "none yet")
     Console().print(table)
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="owner/name or owner/name:version")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option("--input", "-i", help="key=value (JSON or text); key=@file for files"),
+    ] = None,
+    url: Annotated[
+        str, typer.Option(envvar="REPLIGATE_URL", help="The server's base URL")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None, typer.Option(envvar="REPLIGATE_TOKEN", help="An API key of that server")
+    ] = None,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "-o")] = Path("."),
+) -> None:
+    """Run a prediction on a running server, follow its logs, save its output files.
+
+    The paths of the saved files are printed on stdout, one a line."""
+    import httpx
+
+    from repligate import remote
+
+    if not token:
+        console.print("an API key is needed: --token or REPLIGATE_TOKEN")
+        raise typer.Exit(2)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+            prediction = remote.run(
+                client,
+                model,
+                remote.parse_input(inputs or []),
+                on_logs=lambda text: console.print(text, end="", markup=False, highlight=False),
+            )
+            urls = remote.output_urls(prediction["output"])
+            saved = remote.download(client, urls, output_dir)
+    except (remote.RemoteError, httpx.HTTPError) as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    if not urls:
+        print(json.dumps(prediction["output"]))
+    for path in saved:
+        print(path)
 
 
 @keys_app.command("create")
