@@ -21,7 +21,7 @@ from tests.test_lifecycle import new_prediction
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-def _postgres_url() -> Iterator[str]:
+def temporary_postgres_url() -> Iterator[str]:
     try:
         admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
@@ -42,7 +42,7 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
     if request.param == "sqlite":
         urls: Iterator[str] = iter([f"sqlite:///{tmp_path / 'store.db'}"])
     else:
-        urls = _postgres_url()
+        urls = temporary_postgres_url()
     url = next(urls)
     engine = db.make_engine(url)
     migrate.upgrade(engine)
