@@ -84,7 +84,6 @@ class StepTimer:
             model=self.spec.ref,
             version=self.spec.version,
             input=self.raw_input,
-            run_input=self.run_input,
             created_at=datetime.now(UTC),
         )
         with self.sessions() as session:

@@ -54,7 +54,6 @@ def new_prediction(api_key_id: str, prediction_id: str) -> Prediction:
         model="stability-ai/stable-diffusion",
         version="v",
         input={},
-        run_input={},
         created_at=datetime.now(UTC),
     )
 

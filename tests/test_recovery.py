@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
 
-from repligate import inputs
 from repligate.lifecycle import Status
 from repligate.models import stable_diffusion
 from repligate.records import Prediction
@@ -28,7 +27,6 @@ def _leave_behind(client: TestClient, key_id: str, status: Status, age: timedelt
         model=spec.ref,
         version=spec.version,
         input=FAST_SD_INPUT,
-        run_input=inputs.validate(spec, FAST_SD_INPUT),
         created_at=now - age,
     )
     with client.app.state.container.sessions() as session:  # type: ignore[attr-defined]

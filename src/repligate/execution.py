@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
+from repligate import inputs
 from repligate.events import Canceled, Event, Log, OutputFile, Progress
 from repligate.fetch import Fetcher
 from repligate.lifecycle import Status
@@ -126,7 +127,7 @@ class Executor:
             if self._flags.is_set(prediction_id):
                 raise Canceled()
             spec = self._registry.resolve(prediction.version)
-            run_input = self._fetch_files(spec, prediction.run_input)
+            run_input = self._fetch_files(spec, inputs.validate(spec, prediction.input))
             output = self._provider.run(spec, run_input, ctx)
             stored = self._store_files(prediction_id, output)
         except Canceled:

@@ -16,7 +16,6 @@ class Prediction:
     model: str
     version: str
     input: dict[str, Any]
-    run_input: dict[str, Any]
     output: Any
     logs: str
     error: str | None
@@ -39,7 +38,6 @@ class Prediction:
         model: str,
         version: str,
         input: dict[str, Any],
-        run_input: dict[str, Any],
         created_at: datetime,
         webhook: str | None = None,
         webhook_events_filter: list[str] | None = None,
@@ -51,7 +49,6 @@ class Prediction:
             model=model,
             version=version,
             input=input,
-            run_input=run_input,
             output=None,
             logs="",
             error=None,

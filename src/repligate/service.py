@@ -110,7 +110,8 @@ class PredictionService:
         webhook: str | None = None,
         webhook_events_filter: Sequence[str] | None = None,
     ) -> Prediction:
-        run_input = inputs.validate(spec, raw_input)
+        # Refused here with every bad field; the worker validates again to fill defaults.
+        inputs.validate(spec, raw_input)
         if webhook is not None:
             raise InvalidRequest(
                 "Webhooks are not delivered by this server yet; leave out `webhook` and "
@@ -127,7 +128,6 @@ class PredictionService:
             model=spec.ref,
             version=spec.version,
             input=raw_input,
-            run_input=run_input,
             created_at=datetime.now(UTC),
             webhook=webhook,
             webhook_events_filter=list(webhook_events_filter)

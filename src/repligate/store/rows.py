@@ -58,10 +58,9 @@ class PredictionRow(Base):
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
     model: Mapped[str] = mapped_column(String(200))
     version: Mapped[str] = mapped_column(String(64))
-    # As the caller sent it (Replicate echoes input without defaults) ...
+    # As the caller sent it (Replicate echoes input without defaults); what the runner
+    # gets (defaults filled) is derived from it, so a large data URI is stored once.
     input: Mapped[dict[str, Any]] = mapped_column(JSON)
-    # ... and as the runner gets it: validated, defaults filled.
-    run_input: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Files appear as "storage:<key>" strings; the wire mapper makes them URLs.
     output: Mapped[Any] = mapped_column(JSON, nullable=True)
     logs: Mapped[str] = mapped_column(Text, default="")

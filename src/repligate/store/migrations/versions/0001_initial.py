@@ -33,7 +33,6 @@ def upgrade() -> None:
         sa.Column("model", sa.String(200), nullable=False),
         sa.Column("version", sa.String(64), nullable=False),
         sa.Column("input", sa.JSON(), nullable=False),
-        sa.Column("run_input", sa.JSON(), nullable=False),
         sa.Column("output", sa.JSON(), nullable=True),
         sa.Column("logs", sa.Text(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
