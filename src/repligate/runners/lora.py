@@ -4,7 +4,7 @@
   ``trainer_pti.py``, ``unet_attn_processors_state_dict``) writes:
   ``<module>.processor.to_{q,k,v,out}_lora.{down,up}.weight``. diffusers 0.42 has no
   LoRAAttnProcessor any more, so the keys are renamed to PEFT's (``<module>.to_q.lora_A``)
-  and loaded through ``load_lora_weights``; ``unload_lora_weights`` removes the layers,
+  and loaded with the UNet's ``load_lora_adapter``; ``unload_lora`` removes the layers,
   leaving the UNet's own modules as they were.
 - Textual-inversion vectors (the trainer's ``embeddings.pti``): new tokens ``<s0>``,
   ``<s1>``… The shared tokenizer is never changed (the call gets a copy with the tokens
