@@ -208,6 +208,7 @@ def test_num_outputs_gives_distinct_files(client: TestClient, auth: dict[str, st
     assert [url.rsplit("/", 1)[-1] for url in urls] == ["out-0.png", "out-1.png", "out-2.png"]
     assert len(set(urls)) == 3
     assert [d["url"] for d in body["data"]] == urls
+    assert body["metrics"]["image_count"] == 3
     pictures = [image(client, url) for url in urls]
     assert all(p.size == (64, 64) for p in pictures)
     # One seed drives one batch: each image of it still gets its own noise.

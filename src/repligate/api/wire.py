@@ -14,6 +14,8 @@ from repligate.models.spec import ModelSpec
 from repligate.records import Prediction
 from repligate.storage.base import Storage, resolve_output
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 
 
@@ -89,13 +91,18 @@ def prediction_out(
     get_url = f"{base_url}{api_prefix}/v1/predictions/{prediction.id}"
     output = resolve_output(prediction.output, storage, base_url)
     status = shown_status or prediction.status
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | int] = {}
     if prediction.status.is_terminal:
         if prediction.predict_time is not None:
             metrics["predict_time"] = round(prediction.predict_time, 6)
         if prediction.total_time is not None:
             metrics["total_time"] = round(prediction.total_time, 6)
     succeeded = prediction.status is Status.SUCCEEDED
+    if succeeded:
+        # Replicate reports it for image models; resellers bill per image from it.
+        images = [u for u in output_urls(output) if u.lower().endswith(_IMAGE_SUFFIXES)]
+        if images:
+            metrics["image_count"] = len(images)
     return {
         "id": prediction.id,
         "model": prediction.model,
