@@ -117,11 +117,9 @@ class PredictionService:
                 "Webhooks are not delivered by this server yet; leave out `webhook` and "
                 "poll urls.get (or send Prefer: wait)."
             )
-        if not self._provider.supports(spec):
-            raise ModelUnavailable(
-                f"{spec.ref} is known to this server and its input is valid, but this server "
-                "has no runner for it yet."
-            )
+        reason = self._provider.unavailable(spec)
+        if reason is not None:
+            raise ModelUnavailable(reason)
         prediction = Prediction.starting(
             id=new_prediction_id(),
             api_key_id=key.id,

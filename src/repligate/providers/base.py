@@ -9,8 +9,8 @@ from repligate.runners.base import RunContext
 
 
 class Provider(Protocol):
-    def supports(self, spec: ModelSpec) -> bool:
-        """Whether this provider can run ``spec`` at all on this server."""
+    def unavailable(self, spec: ModelSpec) -> str | None:
+        """Why this provider cannot run ``spec`` on this server, or None when it can."""
         ...
 
     def run(self, spec: ModelSpec, inputs: dict[str, Any], ctx: RunContext) -> Any:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from typing import Any
 
 from repligate.models.spec import ModelSpec
 from repligate.runners.base import RunContext, Runner, RunnerEnv
+
+# What every local runner imports; without them (a relay-only install) none can run.
+_ML_STACK = ("torch", "diffusers", "transformers")
 
 
 class LocalProvider:
@@ -17,10 +21,29 @@ class LocalProvider:
         self._env: RunnerEnv | None = None
         self._runners: dict[str, Runner] = {}
         self._refs: dict[str, str] = {}
+        self._missing: list[str] | None = None
         self._lock = threading.Lock()
 
-    def supports(self, spec: ModelSpec) -> bool:
-        return spec.runner is not None
+    def unavailable(self, spec: ModelSpec) -> str | None:
+        if spec.runner is None:
+            return (
+                f"{spec.ref} is known to this server and its input is valid, but this "
+                "server has no runner for it yet."
+            )
+        missing = self._missing_ml_stack()
+        if missing:
+            return (
+                f"{spec.ref} runs locally with the ML stack, and this install lacks "
+                f"{', '.join(missing)}: install repligate with its `local` extra "
+                "(pip install 'repligate[local]', or make install)."
+            )
+        return None
+
+    def _missing_ml_stack(self) -> list[str]:
+        # Looked up once: what is installed does not change while the server runs.
+        if self._missing is None:
+            self._missing = [n for n in _ML_STACK if importlib.util.find_spec(n) is None]
+        return self._missing
 
     def env(self) -> RunnerEnv:
         with self._lock:
