@@ -59,7 +59,10 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     return RunnerEnv(
         device=chosen,
         weights=WeightsLocator(settings.weights_dir),
-        pipelines=PipelineCache(),
+        pipelines=PipelineCache(
+            settings.pipeline_cache_bytes or device.memory_budget(chosen),
+            release=lambda: device.release_memory(chosen),
+        ),
         fetcher=fetcher,
         png_compress_level=settings.png_compress_level,
         safety=LazySafetyChecker(settings.weights_dir, chosen, enabled=settings.safety_checker),

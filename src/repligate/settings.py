@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Flushing logs is a database write; progress lines are batched at most this often.
     log_flush_interval: float = Field(default=0.5, ge=0.0)
     png_compress_level: int = Field(default=4, ge=0, le=9)
+    # Loaded pipelines are kept while their weights fit in this many bytes (shared modules
+    # counted once); least recently used first out. Default: 70% of the GPU's memory, or
+    # half the machine's RAM on CPU.
+    pipeline_cache_bytes: int | None = Field(default=None, ge=1)
 
     # File inputs (fetch.py). Private, loopback, link-local (cloud metadata) and other
     # non-public addresses are refused unless allowed: all of them, or some networks.

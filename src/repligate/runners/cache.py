@@ -1,17 +1,46 @@
-"""Loaded pipelines, kept per process and shared by every prediction (LRU by count)."""
+"""Loaded pipelines, kept per process and shared by every prediction: LRU by memory.
+
+The cache keeps pipelines while the bytes of their modules' parameters and buffers stay
+under ``max_bytes``, counting a module once however many pipelines share it (SD 2.1's
+txt2img and img2img, SDXL's base and refiner). Past the cap the least recently used go
+first; the newest always stays, whatever its size. A count cap would either thrash (five
+SD-family pipelines, four places) or overfill a GPU with a few large ones.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
+def _modules(value: Any) -> Iterator[Any]:
+    """The torch modules of a pipeline (its components), or the value itself if a module."""
+    import torch
+
+    if isinstance(value, torch.nn.Module):
+        yield value
+        return
+    for component in getattr(value, "components", {}).values():
+        if isinstance(component, torch.nn.Module):
+            yield component
+
+
+def module_bytes(module: Any) -> int:
+    tensors = [*module.parameters(), *module.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class PipelineCache:
-    def __init__(self, max_entries: int = 4) -> None:
-        self.max_entries = max_entries
+    def __init__(
+        self, max_bytes: int | None = None, release: Callable[[], None] | None = None
+    ) -> None:
+        self.max_bytes = max_bytes
+        # Called after an eviction, e.g. to hand freed GPU memory back to the driver.
+        self._release = release
         self._entries: OrderedDict[str, Any] = OrderedDict()
+        self._sizes: dict[int, int] = {}  # id(module) -> bytes, for modules held now
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
@@ -29,9 +58,34 @@ class PipelineCache:
             value = load()
             with self._lock:
                 self._entries[key] = value
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+                evicted = self._evict_past_cap()
+            if evicted and self._release is not None:
+                self._release()
             return value
+
+    def held_bytes(self) -> int:
+        """Bytes of every module held, shared modules counted once."""
+        with self._lock:
+            return self._held_bytes()
+
+    def _held_bytes(self) -> int:
+        held: dict[int, int] = {}
+        for value in self._entries.values():
+            for module in _modules(value):
+                key = id(module)
+                if key not in held:
+                    held[key] = self._sizes.get(key) or module_bytes(module)
+        self._sizes = held
+        return sum(held.values())
+
+    def _evict_past_cap(self) -> bool:
+        evicted = False
+        if self.max_bytes is None:
+            return evicted
+        while len(self._entries) > 1 and self._held_bytes() > self.max_bytes:
+            self._entries.popitem(last=False)
+            evicted = True
+        return evicted
 
     def __contains__(self, key: str) -> bool:
         with self._lock:

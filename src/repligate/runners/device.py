@@ -31,3 +31,26 @@ def choose(requested: str | None = None) -> DeviceChoice:
             name = "cpu"
     dtype = "float32" if name == "cpu" else "float16"
     return DeviceChoice(name=name, dtype_name=dtype)
+
+
+def memory_budget(choice: DeviceChoice) -> int:
+    """Bytes of weights worth keeping loaded: 70% of a GPU (the rest is for activations),
+    half the RAM on CPU."""
+    import os
+
+    import torch
+
+    if choice.name.startswith("cuda"):
+        return int(torch.cuda.get_device_properties(torch.device(choice.name)).total_memory * 0.7)
+    return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+
+
+def release_memory(choice: DeviceChoice) -> None:
+    """After evicting pipelines: collect them now and give freed GPU memory back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if choice.name.startswith("cuda"):
+        torch.cuda.empty_cache()
