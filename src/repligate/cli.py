@@ -117,6 +117,7 @@ def predict(
     import httpx
 
     from repligate import remote
+    from repligate.api.wire import output_urls
 
     if not token:
         console.print("an API key is needed: --token or REPLIGATE_TOKEN")
@@ -130,7 +131,7 @@ def predict(
                 remote.parse_input(inputs or []),
                 on_logs=lambda text: console.print(text, end="", markup=False, highlight=False),
             )
-            urls = remote.output_urls(prediction["output"])
+            urls = output_urls(prediction["output"])
             saved = remote.download(client, urls, output_dir)
     except (remote.RemoteError, httpx.HTTPError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+# The wire format's own reading of an output: its file URLs.
+
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -91,14 +93,6 @@ def run(
             f"{prediction.get('error') or ''}".rstrip(": ")
         )
     return prediction
-
-
-def output_urls(output: Any) -> list[str]:
-    if isinstance(output, str):
-        return [output]
-    if isinstance(output, list):
-        return [item for item in output if isinstance(item, str)]
-    return []
 
 
 def download(client: httpx.Client, urls: list[str], directory: Path) -> list[Path]:
