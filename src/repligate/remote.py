@@ -13,8 +13,6 @@ from typing import Any
 
 import httpx
 
-# The wire format's own reading of an output: its file URLs.
-
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
