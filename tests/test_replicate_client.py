@@ -6,6 +6,7 @@ predictions, models and versions, on both route prefixes, and the errors it rais
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from repligate.app import create_app
 from repligate.settings import Settings
 from repligate.testing.live_server import LiveServer
 from tests.conftest import FAST_SD_INPUT, SD_REF, SD_VERSION
+from tests.sd_family import IMG2IMG_REF, noise_image
 
 SD_MODEL = "stability-ai/stable-diffusion"
 PREFIXES = ["", "/replicate"]
@@ -131,6 +133,86 @@ def test_create_wait_get_and_list(live: LiveServer, live_token: str, prefix: str
     page = client.predictions.list()
     assert [p.id for p in page.results] == [second.id, first.id]  # newest first
     assert page.next is None
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_files_create_list_get_and_delete(
+    live: LiveServer, live_token: str, prefix: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.png"
+    noise_image(40, 30).save(path)
+    client = make_client(live, live_token, prefix)
+    first = client.files.create(path, metadata={"purpose": "test"})
+    assert (first.name, first.content_type, first.size) == (
+        "in.png",
+        "image/png",
+        path.stat().st_size,
+    )
+    assert first.checksums["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert first.metadata == {"purpose": "test"}
+    assert first.urls["get"] == f"{live.url}{prefix}/v1/files/{first.id}"
+    with path.open("rb") as handle:
+        second = client.files.create(handle, filename="renamed.png")
+    assert second.name == "renamed.png"
+
+    assert [f.id for f in client.files.list()] == [second.id, first.id]
+    assert client.files.get(first.id).dict() == first.dict()
+    assert client.files.delete(first.id) is True
+    with pytest.raises(ReplicateError) as caught:
+        client.files.get(first.id)
+    assert caught.value.status == 404
+    assert [f.id for f in client.files.list()] == [second.id]
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_run_with_an_open_file_uploads_it_and_the_model_uses_it(
+    live: LiveServer, live_token: str, prefix: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.png"
+    noise_image(100, 76).save(path)
+    client = make_client(live, live_token, prefix)
+    with path.open("rb") as image:
+        output = client.run(
+            IMG2IMG_REF,
+            input={"prompt": "a fox", "image": image, "num_inference_steps": 4, "seed": 1},
+        )
+    # img2img keeps the input's size, floored to 32: the uploaded picture was the input.
+    assert_png_outputs(output, live, live_token, count=1, size=(96, 64))
+    [uploaded] = client.files.list()
+    assert uploaded.name == "in.png"
+    [prediction] = client.predictions.list().results
+    assert prediction.input is not None
+    assert prediction.input["image"] == uploaded.urls["get"]
+
+
+def test_run_sdxl_by_model_name_with_an_open_file(
+    live: LiveServer, live_token: str, tmp_path: Path
+) -> None:
+    """The issue's own example: it answered 404 before there was a files API."""
+    path = tmp_path / "in.png"
+    noise_image(100, 77).save(path)
+    client = make_client(live, live_token)
+    with path.open("rb") as image:
+        output = client.run(
+            "stability-ai/sdxl",
+            input={"prompt": "fox", "image": image, "num_inference_steps": 4},
+        )
+    assert_png_outputs(output, live, live_token, count=1, size=(96, 72))
+
+
+def test_another_keys_upload_as_input_raises_a_clear_error(
+    live: LiveServer, live_token: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "in.png"
+    noise_image(64, 64).save(path)
+    theirs = make_client(live, live.make_token()).files.create(path)
+    client = make_client(live, live_token)
+    with pytest.raises(ReplicateError) as caught:
+        client.run(IMG2IMG_REF, input={"prompt": "a fox", "image": theirs.urls["get"]})
+    assert caught.value.status == 422
+    assert f"input.image: file {theirs.id} is not one of this API key's files" in str(
+        caught.value.detail
+    )
 
 
 def test_models_get_and_versions_get(live: LiveServer, live_token: str) -> None:

@@ -15,9 +15,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, predictions, web
+from repligate.api import errors, files, health, models, predictions, uploads, web
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
+from repligate.file_inputs import FileInputs
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
 from repligate.providers.local import LocalProvider
@@ -27,8 +28,10 @@ from repligate.registry import Registry
 from repligate.runners.base import RunnerEnv
 from repligate.service import PredictionService
 from repligate.settings import Settings
+from repligate.storage.base import Storage
 from repligate.storage.local import LocalStorage
 from repligate.store import db, migrate
+from repligate.uploads import UploadService
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,11 @@ class Container:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    storage: LocalStorage
+    storage: Storage
     provider: LocalProvider
     queue: InProcessQueue
     service: PredictionService
+    uploads: UploadService
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -79,7 +83,13 @@ def build_container(settings: Settings) -> Container:
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
     storage = LocalStorage(settings.files_dir)
-    fetcher = Fetcher.from_settings(settings)
+    upload_service = UploadService.from_settings(settings, sessions, storage)
+    file_inputs = FileInputs(
+        upload_service,
+        inline_max=settings.inline_data_uri_max_bytes,
+        public_base_url=settings.public_base_url,
+    )
+    fetcher = Fetcher.from_settings(settings, local_files=file_inputs)
     provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
     notifier = CompletionNotifier()
     flags = CancelFlags()
@@ -103,8 +113,9 @@ def build_container(settings: Settings) -> Container:
         queue=queue,
         notifier=notifier,
         page_size=settings.list_page_size,
+        file_inputs=file_inputs,
     )
-    return Container(settings, engine, sessions, storage, provider, queue, service)
+    return Container(settings, engine, sessions, storage, provider, queue, service, upload_service)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -127,6 +138,7 @@ def create_app(settings: Settings) -> FastAPI:
     for prefix in ("/v1", "/replicate/v1"):
         app.include_router(predictions.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
+        app.include_router(uploads.router, prefix=prefix)
     app.include_router(files.router)
     app.include_router(web.router)
     app.include_router(health.router)

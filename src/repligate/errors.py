@@ -8,6 +8,7 @@ RepligateError
  ├── InvalidVersion             version unknown or not permitted
  ├── InvalidInput               input fails the model's schema (carries invalid_fields)
  ├── InvalidRequest             the request itself is malformed or unsupported
+ ├── FileTooLarge               an upload over the server's size cap
  └── ModelUnavailable           valid request, but this server cannot run that model
 """
 
@@ -68,6 +69,10 @@ class InvalidInput(RepligateError):
 
 class InvalidRequest(RepligateError):
     title = "Invalid request"
+
+
+class FileTooLarge(RepligateError):
+    title = "Request entity too large"
 
 
 class ModelUnavailable(RepligateError):

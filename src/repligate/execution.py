@@ -127,7 +127,9 @@ class Executor:
             if self._flags.is_set(prediction_id):
                 raise Canceled()
             spec = self._registry.resolve(prediction.version)
-            run_input = self._fetch_files(spec, inputs.validate(spec, prediction.input))
+            run_input = self._fetch_files(
+                spec, inputs.validate(spec, prediction.input), prediction.api_key_id
+            )
             output = self._provider.run(spec, run_input, ctx)
             stored = self._store_files(prediction_id, output)
         except Canceled:
@@ -138,14 +140,16 @@ class Executor:
         else:
             self._finish(prediction, started_at, Status.SUCCEEDED, ctx.logs, output=stored)
 
-    def _fetch_files(self, spec: ModelSpec, run_input: dict[str, Any]) -> dict[str, Any]:
+    def _fetch_files(
+        self, spec: ModelSpec, run_input: dict[str, Any], owner: str
+    ) -> dict[str, Any]:
         """Replace every file input (``format: uri``) by the fetched file; a refused fetch
         fails the prediction with a message naming the input."""
         properties = spec.schemas["Input"]["properties"]
         fetched = dict(run_input)
         for name, value in run_input.items():
             if properties.get(name, {}).get("format") == "uri" and isinstance(value, str) and value:
-                fetched[name] = self._fetcher.fetch(value, field=name)
+                fetched[name] = self._fetcher.fetch(value, field=name, owner=owner)
         return fetched
 
     def _store_files(self, prediction_id: str, output: Any) -> Any:

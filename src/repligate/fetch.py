@@ -1,11 +1,14 @@
 """Safe fetching of file inputs (http(s) URLs and data URIs), for the whole server.
 
 Public surface (runners and the execution rely on it):
-- ``Fetcher.fetch(value, field=...) -> FetchedFile``
+- ``Fetcher.fetch(value, field=..., owner=None) -> FetchedFile``
 - ``Fetcher.download_to(url, path, field=..., max_bytes=None)`` for large files (tarballs)
 - ``FetchedFile.image(exif_transpose=True, mode="RGB") -> PIL.Image.Image``
 - ``FetchRefused``: a user-caused refusal whose message names the input and the reason.
 - ``check_reference(value)``: what can be refused at create time, without any network.
+- ``LocalFiles``: what the fetcher is given to read this server's own uploaded files
+  straight from storage (``file_inputs.FileInputs``): such a URL is never fetched over HTTP,
+  so it is neither a round trip to the server itself nor refused as a loopback address.
 
 A URL fetch: at most ``max_redirects`` redirects, followed by hand so each hop is checked
 again (scheme, host, every resolved address); connections pinned to the checked addresses
@@ -15,22 +18,19 @@ as soon as the cap is passed); one wall-clock deadline for the whole fetch, DNS 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import re
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import unquote_to_bytes
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import httpcore
 import httpx
 
-from repligate import netguard
+from repligate import datauri, netguard
 from repligate.netguard import AddressPolicy, TimeUp
 from repligate.sniff import content_type_of
 
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from repligate.settings import Settings
 
-_DATA_URI = re.compile(r"^data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
 _SCHEMES = ("http", "https", "data")
 _SCHEME_REASON = "must be an http(s) URL or a data: URI"
 # Formats decoded from untrusted bytes. Not all Pillow knows: some plugins hand the data
@@ -57,6 +56,25 @@ class FetchRefused(Exception):
 
 class _Bad(Exception):
     """A reason, without the field name (added by whoever reports it)."""
+
+
+class LocalFileRefused(Exception):
+    """A URL names this server's own file, which cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    stream: BinaryIO
+    content_type: str
+    size: int
+
+
+class LocalFiles(Protocol):
+    def open(self, url: str, *, owner: str | None) -> LocalFile | None:
+        """The server's own file that ``url`` names, open, or None if it names none;
+        LocalFileRefused if it does but the file cannot be used (gone, or not ``owner``'s;
+        ``owner`` None: ownership was checked before)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -126,7 +144,10 @@ def _judge(
     if not sep or scheme.lower() not in _SCHEMES:
         raise _Bad(_SCHEME_REASON)
     if scheme.lower() == "data":
-        return _decode_data_uri(value, max_bytes)
+        try:
+            return datauri.decode(value, max_bytes)
+        except ValueError as exc:
+            raise _Bad(str(exc)) from None
     return _parse_url(value, policy)
 
 
@@ -146,40 +167,6 @@ def _parse_url(value: str, policy: AddressPolicy | None) -> httpx.URL:
     return url
 
 
-def _decode_data_uri(value: str, max_bytes: int | None) -> tuple[bytes, str]:
-    match = _DATA_URI.match(value)
-    if match is None:
-        raise _Bad("not a valid data URI (expected data:[<type>][;base64],<data>)")
-    params = [p.strip().lower() for p in match.group("params").split(";")]
-    payload = match.group("data")
-    is_base64 = "base64" in params
-    if max_bytes is not None:
-        # Judged before decoding, so an oversized payload costs no memory to refuse.
-        estimate = len(payload.rstrip("=")) * 3 // 4 if is_base64 else len(payload) // 3
-        if estimate > max_bytes:
-            raise _Bad(f"the data URI holds about {estimate} bytes, more than {max_bytes}")
-    data = _b64decode(payload) if is_base64 else unquote_to_bytes(payload)
-    if max_bytes is not None and len(data) > max_bytes:
-        raise _Bad(f"the data URI holds {len(data)} bytes, more than {max_bytes}")
-    return data, match.group("type").strip() or "text/plain"
-
-
-def _b64decode(payload: str) -> bytes:
-    # Lenient in form (whitespace, percent-encoding, URL-safe alphabet, missing padding),
-    # strict in content: any other character is refused, not silently dropped.
-    text = re.sub(r"\s+", "", payload)
-    if "%" in text:
-        text = unquote_to_bytes(text).decode("latin-1")
-    text = text.replace("-", "+").replace("_", "/").rstrip("=")
-    if len(text) % 4 == 1:
-        raise _Bad("the data URI's base64 is not valid (truncated)")
-    text += "=" * (-len(text) % 4)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise _Bad("the data URI's base64 is not valid") from exc
-
-
 class Fetcher:
     def __init__(
         self,
@@ -191,6 +178,7 @@ class Fetcher:
         max_pixels: int = 64_000_000,
         allowed_networks: Iterable[str] = (),
         ssl_context: ssl.SSLContext | None = None,
+        local_files: LocalFiles | None = None,
     ) -> None:
         self.max_bytes = max_bytes
         self.timeout = timeout
@@ -199,10 +187,12 @@ class Fetcher:
         self.max_pixels = max_pixels
         self.policy = AddressPolicy(allow_private=allow_private, allowed_networks=allowed_networks)
         self._ssl_context = ssl_context
+        self.local_files = local_files
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Fetcher:
+    def from_settings(cls, settings: Settings, local_files: LocalFiles | None = None) -> Fetcher:
         return cls(
+            local_files=local_files,
             max_bytes=settings.fetch_max_bytes,
             timeout=settings.fetch_timeout_seconds,
             max_redirects=settings.fetch_max_redirects,
@@ -211,8 +201,15 @@ class Fetcher:
             max_pixels=settings.max_image_pixels,
         )
 
-    def fetch(self, value: str, *, field: str) -> FetchedFile:
+    def fetch(self, value: str, *, field: str, owner: str | None = None) -> FetchedFile:
+        """``owner``: the key whose prediction this is (this server's own files must be
+        theirs)."""
         try:
+            local = self._open_local(value, owner, self.max_bytes)
+            if local is not None:
+                with local.stream:
+                    data, declared = local.stream.read(), local.content_type
+                return FetchedFile(field, data, content_type_of(data, declared), self.max_pixels)
             judged = _judge(value, self.max_bytes, self.policy)
             if isinstance(judged, tuple):
                 data, declared = judged
@@ -232,6 +229,7 @@ class Fetcher:
         field: str,
         max_bytes: int | None = None,
         timeout: float | None = None,
+        owner: str | None = None,
     ) -> None:
         """Write the file at ``url`` (or a data URI) to ``path``, streamed: never more than
         ``max_bytes`` on disk, within ``timeout`` seconds (defaults: the fetcher's), and
@@ -239,17 +237,33 @@ class Fetcher:
         limit = self.max_bytes if max_bytes is None else max_bytes
         partial = path.with_name(path.name + ".part")
         try:
-            judged = _judge(url, limit, self.policy)
+            local = self._open_local(url, owner, limit)
+            judged = _judge(url, limit, self.policy) if local is None else None
             with partial.open("wb") as out:
-                if isinstance(judged, tuple):
+                if local is not None:
+                    with local.stream:
+                        shutil.copyfileobj(local.stream, out, _CHUNK * 16)
+                elif isinstance(judged, tuple):
                     out.write(judged[0])
-                else:
+                elif judged is not None:
                     self._download(judged, limit, out.write, timeout)
             partial.replace(path)
         except _Bad as exc:
             raise FetchRefused(f"{field}: {exc}") from None
         finally:
             partial.unlink(missing_ok=True)
+
+    def _open_local(self, value: str, owner: str | None, limit: int) -> LocalFile | None:
+        if self.local_files is None or not value.lower().startswith(("http://", "https://")):
+            return None
+        try:
+            local = self.local_files.open(value, owner=owner)
+        except LocalFileRefused as exc:
+            raise _Bad(str(exc)) from None
+        if local is not None and local.size > limit:
+            local.stream.close()
+            raise _Bad(f"the file is {local.size} bytes, more than {limit}")
+        return local
 
     def _download(
         self,

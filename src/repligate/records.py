@@ -71,3 +71,27 @@ class ApiKey:
     token_prefix: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class UploadedFile:
+    """A file a key uploaded (``POST /v1/files``), or a large data-URI input stored as one."""
+
+    id: str
+    api_key_id: str
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    md5: str
+    metadata: dict[str, Any]
+    # Where the bytes are in storage; never shown (it holds a secret part).
+    storage_key: str
+    created_at: datetime
+    expires_at: datetime
+    deleted_at: datetime | None
+    content_removed: bool
+
+    def gone(self, now: datetime) -> bool:
+        """Deleted or expired: not shown, not served, not usable as an input."""
+        return self.deleted_at is not None or now >= self.expires_at

@@ -23,6 +23,7 @@ from repligate.errors import (
     ModelUnavailable,
     NotFound,
 )
+from repligate.file_inputs import FileInputs
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
 from repligate.notify import CompletionNotifier
@@ -84,6 +85,7 @@ class PredictionService:
         queue: Queue,
         notifier: CompletionNotifier,
         page_size: int = 100,
+        file_inputs: FileInputs | None = None,
     ) -> None:
         self._sessions = sessions
         self.registry = registry
@@ -91,6 +93,7 @@ class PredictionService:
         self._queue = queue
         self._notifier = notifier
         self._page_size = page_size
+        self._file_inputs = file_inputs
 
     def authenticate(self, token: str | None) -> ApiKey:
         if not token:
@@ -109,6 +112,7 @@ class PredictionService:
         *,
         webhook: str | None = None,
         webhook_events_filter: Sequence[str] | None = None,
+        api_base_url: str | None = None,
     ) -> Prediction:
         # Refused here with every bad field; the worker validates again to fill defaults.
         inputs.validate(spec, raw_input)
@@ -120,6 +124,8 @@ class PredictionService:
         reason = self._provider.unavailable(spec)
         if reason is not None:
             raise ModelUnavailable(reason)
+        if self._file_inputs is not None:  # large data URIs become files; uploads checked
+            raw_input = self._file_inputs.prepare(key, spec, raw_input, api_base_url=api_base_url)
         prediction = Prediction.starting(
             id=new_prediction_id(),
             api_key_id=key.id,

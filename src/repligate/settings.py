@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     trained_weights_max_bytes: int = Field(
         default=10 * 1024**3, ge=1, description="Largest trained-weights tarball, unpacked"
     )
+
+    # Uploaded files (POST /v1/files; uploads.py). As Replicate: 100 MB, kept 24 hours.
+    files_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    files_ttl_seconds: int = Field(default=24 * 3600, ge=1)
+    # Signs the files' download URLs. Unset: a random key kept in <data_dir>/files-signing.key
+    # (made on first use); set it when processes that do not share a data dir serve files.
+    files_signing_key: SecretStr | None = None
+    # A data-URI file input longer than this (in characters) is stored as an uploaded file
+    # when the prediction is created, and the prediction keeps that file's URL.
+    inline_data_uri_max_bytes: int = Field(default=256 * 1024, ge=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

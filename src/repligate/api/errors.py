@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from repligate.errors import (
     AuthenticationError,
+    FileTooLarge,
     InvalidInput,
     InvalidRequest,
     InvalidVersion,
@@ -41,6 +42,7 @@ STATUS_BY_ERROR: list[tuple[type[RepligateError], int]] = [
     (ModelUnavailable, 422),
     (MalformedBody, 400),
     (BodyTooLarge, 413),
+    (FileTooLarge, 413),
 ]
 
 

@@ -84,6 +84,7 @@ async def _create(
         body.input,
         webhook=body.webhook or body.webhook_completed,
         webhook_events_filter=body.webhook_events_filter,
+        api_base_url=base_url(request) + api_prefix(request),
     )
     headers = {"Location": prediction_out_url(request, prediction.id)}
     shown = None

@@ -1,16 +1,41 @@
 """The storage interface. Rows keep ``storage:<key>`` strings; URLs are made on the way out,
-so a prediction's URLs follow the server's base URL (configured or the request's)."""
+so a prediction's URLs follow the server's base URL (configured or the request's).
+
+Every backend (local disk, the in-memory fake in ``repligate.testing``, S3 later) offers
+the same five calls, so no caller needs to know which one it has: ``put`` and
+``put_file`` write, ``open`` reads, ``delete`` removes, ``url`` says where a client
+downloads an object. ``open`` raises ``FileNotFoundError`` for a key it does not hold.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 SCHEME = "storage:"
+
+
+class Readable(Protocol):
+    """What ``put_file`` reads from: an open binary file, or anything with its ``read``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> str:
         """Write ``data`` under ``key``; returns the reference to keep in the row."""
+        ...
+
+    def put_file(self, key: str, source: Readable, content_type: str) -> str:
+        """Write what ``source`` holds from its current position, streamed (uploads may be
+        large); returns the reference to keep in the row."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """The object under ``key``, open for reading; ``FileNotFoundError`` if none."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key``; a missing one is not an error."""
         ...
 
     def url(self, key: str, base_url: str) -> str:

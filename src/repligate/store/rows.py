@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    String,
+    Text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -74,3 +84,26 @@ class PredictionRow(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     predict_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     total_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class FileRow(Base):
+    """An uploaded file. Kept after it is deleted or expires (its bytes are removed), so a
+    URL naming it is still known as this server's own."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_key_created", "api_key_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    md5: Mapped[str] = mapped_column(String(32))
+    # "metadata" is taken by SQLAlchemy's declarative base.
+    user_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
+    storage_key: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    content_removed: Mapped[bool] = mapped_column(Boolean, default=False)
