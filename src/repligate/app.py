@@ -5,8 +5,9 @@ predictions a crashed process left behind are recovered then."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -16,21 +17,29 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
 from repligate.api import errors, files, health, models, predictions, web
+from repligate.bus import EventBus, InProcessBus
+from repligate.clock import Clock, SystemClock
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
+from repligate.providers.base import Provider
 from repligate.providers.local import LocalProvider
-from repligate.queue.base import CancelFlags
+from repligate.queue.base import CancelFlags, Queue
 from repligate.queue.inprocess import InProcessQueue
 from repligate.registry import Registry
 from repligate.runners.base import RunnerEnv
 from repligate.service import PredictionService
 from repligate.settings import Settings
+from repligate.storage.base import Storage
 from repligate.storage.local import LocalStorage
 from repligate.store import db, migrate
+from repligate.transitions import Transitions
 
 log = logging.getLogger(__name__)
+
+# Builds a queue around the executor's entry point and the cancel flags it checks.
+QueueFactory = Callable[[Callable[[str], None], CancelFlags], Queue]
 
 
 @dataclass
@@ -38,9 +47,10 @@ class Container:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    storage: LocalStorage
-    provider: LocalProvider
-    queue: InProcessQueue
+    storage: Storage
+    provider: Provider
+    queue: Queue
+    bus: EventBus
     service: PredictionService
 
 
@@ -74,41 +84,62 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     )
 
 
-def build_container(settings: Settings) -> Container:
+def build_container(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    provider: Provider | None = None,
+    queue: QueueFactory | None = None,
+    clock: Clock | None = None,
+) -> Container:
+    """Wire the server. Each backend can be given (the fakes in ``repligate.testing``);
+    otherwise the embedded defaults are built from ``settings``."""
     engine = db.make_engine(settings.resolved_database_url())
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
-    storage = LocalStorage(settings.files_dir)
+    storage = storage or LocalStorage(settings.files_dir)
     fetcher = Fetcher.from_settings(settings)
-    provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
+    if provider is None:
+        provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
+    clock = clock or SystemClock()
+    bus = InProcessBus()
     notifier = CompletionNotifier()
+    bus.subscribe(notifier.on_event)
+    transitions = Transitions(sessions, bus, clock)
     flags = CancelFlags()
     executor = Executor(
-        sessions=sessions,
+        transitions=transitions,
         registry=registry,
         provider=provider,
         storage=storage,
         flags=flags,
         fetcher=fetcher,
-        on_finished=notifier.notify,
         log_flush_interval=settings.log_flush_interval,
     )
-    queue = InProcessQueue(
-        executor.execute, flags, concurrency_per_device=settings.concurrency_per_device
-    )
+    if queue is None:
+        built_queue: Queue = InProcessQueue(
+            executor.execute,
+            flags,
+            concurrency_per_device=settings.concurrency_per_device,
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
+    else:
+        built_queue = queue(executor.execute, flags)
     service = PredictionService(
         sessions=sessions,
         registry=registry,
         provider=provider,
-        queue=queue,
+        queue=built_queue,
+        transitions=transitions,
         notifier=notifier,
+        clock=clock,
         page_size=settings.list_page_size,
     )
-    return Container(settings, engine, sessions, storage, provider, queue, service)
+    return Container(settings, engine, sessions, storage, provider, built_queue, bus, service)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    container = build_container(settings)
+def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
+    container = container or build_container(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,7 +149,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            container.queue.stop()
+            # The workers get their grace period in a thread: the event loop keeps
+            # answering (health checks, the last waiting requests) meanwhile.
+            await asyncio.to_thread(container.queue.stop)
             container.engine.dispose()
 
     app = FastAPI(title="repligate", version=__version__, lifespan=lifespan)

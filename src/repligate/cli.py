@@ -62,7 +62,11 @@ def serve(
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     console.print(f"repligate listening on [bold]{url}[/bold]  (data in {settings.data_dir})")
     console.print(f"  try: curl {url}/health")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    from repligate.serving import Server
+
+    application = create_app(settings)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level="info")
+    Server(config, on_exit=application.state.container.service.stop_waiting).run()
 
 
 def _warn_about_random_weights(settings: Settings) -> None:

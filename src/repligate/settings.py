@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     # Flushing logs is a database write; progress lines are batched at most this often.
     log_flush_interval: float = Field(default=0.5, ge=0.0)
+    # On SIGTERM, running predictions get this long to finish; then they are handed back
+    # to the queue and run again after the restart. Queued ones always stay queued.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     png_compress_level: int = Field(default=4, ge=0, le=9)
     # Loaded pipelines are kept while their weights fit in this many bytes (shared modules
     # counted once); least recently used first out. Default: 70% of the GPU's memory, or

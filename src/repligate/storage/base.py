@@ -17,6 +17,10 @@ class Storage(Protocol):
         """The absolute URL a client downloads ``key`` from."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Remove ``key``; nothing happens when it does not exist."""
+        ...
+
 
 def reference(key: str) -> str:
     return SCHEME + key

@@ -32,5 +32,10 @@ class LocalStorage:
         os.replace(tmp, target)
         return reference(key)
 
+    def delete(self, key: str) -> None:
+        path = self.path(key)
+        if path is not None:
+            path.unlink(missing_ok=True)
+
     def url(self, key: str, base_url: str) -> str:
         return f"{base_url.rstrip('/')}/files/{key}"
