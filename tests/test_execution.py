@@ -100,11 +100,12 @@ class CancelOnWrite(LocalStorage):
     """Storage that lets a cancel land right after a file is written: the moment that
     used to leave orphan files."""
 
-    on_put: Callable[[], None] = staticmethod(lambda: None)
+    on_put: Callable[[], object] | None = None
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
         reference = super().put(key, data, content_type)
-        self.on_put()
+        if self.on_put is not None:
+            self.on_put()
         return reference
 
 
@@ -113,7 +114,7 @@ def test_a_cancel_after_the_files_are_written_leaves_no_orphan_file(settings: Se
     storage = CancelOnWrite(settings.files_dir)
     with fake_app(settings, provider, storage=storage) as app:
         pid = app.create().json()["id"]
-        storage.on_put = lambda: app.cancel(pid)  # type: ignore[method-assign]
+        storage.on_put = lambda: app.cancel(pid)
         app.queue.run_next()
         body = app.get(pid)
         assert body["status"] == "canceled"
@@ -159,3 +160,12 @@ def test_metrics_follow_the_clock(settings: Settings) -> None:
         assert body["status"] == "succeeded"
         assert body["metrics"]["predict_time"] == 5.0
         assert body["metrics"]["total_time"] == 7.0
+
+
+def test_an_output_that_is_not_json_fails_the_prediction_saying_so(settings: Settings) -> None:
+    provider = ScriptedProvider(returns=[float("nan")])
+    with fake_app(settings, provider, inline=True) as app:
+        pid = app.create().json()["id"]
+        body = app.get(pid)
+        assert body["status"] == "failed"
+        assert "not valid JSON" in body["error"]

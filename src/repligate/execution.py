@@ -10,6 +10,7 @@ prediction could not take (it was canceled meanwhile) is deleted again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -137,6 +138,7 @@ class Executor:
             returned = self._provider.run(spec, run_input, ctx)
             ctx.flush()
             output = self._final_output(prediction_id, returned, ctx)
+            _check_json(output)
         except Canceled:
             ctx.flush()
             if self._flags.is_handed_back(prediction_id):
@@ -203,6 +205,15 @@ def _unreferenced(output: Any, kept: Any) -> Any:
 def delete_files(storage: Storage, output: Any) -> None:
     for reference in _references(output):
         storage.delete(reference[len(SCHEME) :])
+
+
+def _check_json(output: Any) -> None:
+    """An output the API could not send (NaN, bytes, objects) fails the prediction now,
+    saying so, instead of breaking the write or every later read."""
+    try:
+        json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"The model's output is not valid JSON: {exc}") from exc
 
 
 def _message(exc: Exception) -> str:
