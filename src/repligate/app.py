@@ -15,9 +15,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, predictions, web
+from repligate.api import errors, files, health, models, pages, predictions, web
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
+from repligate.links import WebLinks, load_secret
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
 from repligate.providers.local import LocalProvider
@@ -42,6 +43,7 @@ class Container:
     provider: LocalProvider
     queue: InProcessQueue
     service: PredictionService
+    links: WebLinks
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -104,7 +106,8 @@ def build_container(settings: Settings) -> Container:
         notifier=notifier,
         page_size=settings.list_page_size,
     )
-    return Container(settings, engine, sessions, storage, provider, queue, service)
+    links = WebLinks(load_secret(settings), settings.web_link_ttl_seconds)
+    return Container(settings, engine, sessions, storage, provider, queue, service, links)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -129,5 +132,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(models.router, prefix=prefix)
     app.include_router(files.router)
     app.include_router(web.router)
+    app.include_router(pages.router)
     app.include_router(health.router)
     return app
