@@ -87,6 +87,7 @@ def _refused(
         why = "This link has expired."
     elif request.cookies.get(COOKIE):
         why = "The API token this browser logged in with does not own this prediction."
+        why += " (Or it was revoked.)"
     else:
         why = "This address needs a signed link or a login."
     action = f"{base_url(request)}/p/{quote(prediction_id, safe='')}/login"
