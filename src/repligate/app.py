@@ -16,11 +16,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, predictions, web
+from repligate.api import errors, files, health, models, pages, predictions, web
 from repligate.bus import EventBus, InProcessBus
 from repligate.clock import Clock, SystemClock
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
+from repligate.links import WebLinks, load_secret
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
 from repligate.providers.base import Provider
@@ -52,6 +53,7 @@ class Container:
     queue: Queue
     bus: EventBus
     service: PredictionService
+    links: WebLinks
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -135,7 +137,10 @@ def build_container(
         clock=clock,
         page_size=settings.list_page_size,
     )
-    return Container(settings, engine, sessions, storage, provider, built_queue, bus, service)
+    links = WebLinks(load_secret(settings), settings.web_link_ttl_seconds)
+    return Container(
+        settings, engine, sessions, storage, provider, built_queue, bus, service, links
+    )
 
 
 def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
@@ -162,5 +167,6 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         app.include_router(models.router, prefix=prefix)
     app.include_router(files.router)
     app.include_router(web.router)
+    app.include_router(pages.router)
     app.include_router(health.router)
     return app

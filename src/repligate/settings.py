@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     trained_weights_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
     trained_weights_max_bytes: int = Field(
         default=10 * 1024**3, ge=1, description="Largest trained-weights tarball, unpacked"
+    )
+
+    # Web pages and output files (links.py, api/web.py, api/files.py). urls.web carries a
+    # link signed with the secret key; unset, one is generated into <data_dir>/secret.
+    # Several API processes on one database need the same key. Output files are sent
+    # private by default: a shared cache must not keep (and serve) someone's images.
+    secret_key: SecretStr | None = Field(default=None, min_length=16)
+    web_link_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    output_cache_control: str = Field(
+        default="private, max-age=3600", description="Cache-Control of output files"
     )
 
     def resolved_database_url(self) -> str:

@@ -19,4 +19,5 @@ def get_file(key: str, request: Request) -> FileResponse:
     path = storage.path(key) if isinstance(storage, LocalStorage) else None
     if path is None:
         raise NotFound()
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+    cache_control = container(request).settings.output_cache_control
+    return FileResponse(path, headers={"Cache-Control": cache_control})

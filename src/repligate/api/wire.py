@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from repligate.errors import InvalidField, InvalidInput
 from repligate.lifecycle import Status
+from repligate.links import WebLinks
 from repligate.models.spec import ModelSpec
 from repligate.records import Prediction
 from repligate.storage.base import Storage, resolve_output
@@ -84,6 +85,7 @@ def prediction_out(
     storage: Storage,
     base_url: str,
     api_prefix: str,
+    links: WebLinks,
     shown_status: Status | None = None,
 ) -> dict[str, Any]:
     """The prediction object. ``shown_status`` lets a timed-out sync reply say `starting`,
@@ -120,7 +122,8 @@ def prediction_out(
         "urls": {
             "get": get_url,
             "cancel": f"{get_url}/cancel",
-            "web": f"{base_url}/p/{prediction.id}",
+            # Signed: only the owner sees this answer, and the page shows the inputs.
+            "web": links.signed_url(base_url, prediction.id),
         },
         "metrics": metrics,
         "webhook": prediction.webhook,
