@@ -62,7 +62,11 @@ class InvalidInput(RepligateError):
 
     def __init__(self, invalid_fields: list[InvalidField]) -> None:
         self.invalid_fields = invalid_fields
-        lines = "".join(f"- {f.field}: {f.description}\n" for f in invalid_fields)
+        # "- input.width: Must be ...", or for the body itself "- version is required".
+        lines = "".join(
+            f"- {f.field}: {f.description}\n" if f.field else f"- {f.description}\n"
+            for f in invalid_fields
+        )
         super().__init__(lines)
 
 
