@@ -4,9 +4,9 @@ client uses (Replicate's too), so the CLI exercises exactly what users call."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import mimetypes
-import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
