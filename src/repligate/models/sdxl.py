@@ -6,10 +6,16 @@ from typing import Any
 
 from repligate.errors import InvalidField
 from repligate.models.spec import ModelSpec
-from repligate.runners.sdxl import StableDiffusionXLRunner
+from repligate.runners.sampling import too_few_steps
+from repligate.runners.sdxl import REFINER_STRENGTH, StableDiffusionXLRunner
 
 
 def check_input(values: dict[str, Any]) -> list[InvalidField]:
+    """What the schema cannot say, refused at create instead of failing in the pipeline."""
+    return [*_sizes(values), *_steps(values)]
+
+
+def _sizes(values: dict[str, Any]) -> list[InvalidField]:
     """width/height have no bounds in the schema, but the pipeline needs positive multiples
     of 8. They are checked only where they are used: img2img ignores them."""
     if values.get("image") and not values.get("mask"):
@@ -19,6 +25,35 @@ def check_input(values: dict[str, Any]) -> list[InvalidField]:
         for name in ("width", "height")
         if values[name] <= 0 or values[name] % 8
     ]
+
+
+def _steps(values: dict[str, Any]) -> list[InvalidField]:
+    """A pass that runs no step fails deep in the pipeline (Replicate's model too): the
+    base given an image, and base_image_refiner's refiner (on refine_steps, else on
+    num_inference_steps, as the runner does)."""
+    problems = []
+    if values.get("image"):
+        problems.append(
+            too_few_steps(
+                values["num_inference_steps"],
+                values["prompt_strength"],
+                steps_field="num_inference_steps",
+                strength_field="prompt_strength",
+                when="With an image",
+            )
+        )
+    if values["refine"] == "base_image_refiner":
+        name = "refine_steps" if values.get("refine_steps") else "num_inference_steps"
+        problems.append(
+            too_few_steps(
+                values[name],
+                REFINER_STRENGTH,
+                steps_field=name,
+                strength_field=None,
+                when="With refine: base_image_refiner",
+            )
+        )
+    return [problem for problem in problems if problem is not None]
 
 
 MODEL = ModelSpec(

@@ -1,7 +1,23 @@
 """stability-ai/stable-diffusion-img2img: Stable Diffusion 2.1 image-to-image."""
 
+from typing import Any
+
+from repligate.errors import InvalidField
 from repligate.models.spec import ModelSpec
+from repligate.runners.sampling import too_few_steps
 from repligate.runners.stable_diffusion import StableDiffusionImageToImageRunner
+
+
+def check_input(values: dict[str, Any]) -> list[InvalidField]:
+    problem = too_few_steps(
+        values["num_inference_steps"],
+        values["prompt_strength"],
+        steps_field="num_inference_steps",
+        strength_field="prompt_strength",
+        when="With an image",
+    )
+    return [problem] if problem else []
+
 
 MODEL = ModelSpec(
     owner="stability-ai",
@@ -11,4 +27,5 @@ MODEL = ModelSpec(
     description="Generate a new image from an input image with Stable Diffusion",
     default_weights="stabilityai/stable-diffusion-2-1",
     runner=StableDiffusionImageToImageRunner,
+    check_input=check_input,
 )
