@@ -190,8 +190,7 @@ def test_the_pixel_limit_is_per_fetcher(base: str) -> None:
     with pytest.raises(FetchRefused) as caught:
         tight.fetch(f"{base}/png", field="image").image()
     assert str(caught.value) == (
-        "image: the image is 48x32, more than the limit of 1000 pixels "
-        "(REPLIGATE_MAX_IMAGE_PIXELS)"
+        "image: the image is 48x32, more than the limit of 1000 pixels (REPLIGATE_MAX_IMAGE_PIXELS)"
     )
 
 

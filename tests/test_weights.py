@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -138,23 +137,3 @@ def test_random_weights_are_announced_in_the_logs(client: TestClient, auth: dict
         "/replicate/v1/predictions", json={"version": SD_REF, "input": FAST_SD_INPUT}, headers=auth
     )
     assert "tiny random weights" in response.json()["logs"]
-
-
-def test_without_the_ml_stack_local_models_are_refused_saying_what_to_install(
-    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A relay-only install (no `local` extra) has no torch: say so at create, not later.
-    real_find_spec = importlib.util.find_spec
-
-    def find_spec(name: str, *args: Any) -> Any:
-        return None if name == "torch" else real_find_spec(name, *args)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
-    response = client.post(
-        "/v1/predictions", json={"version": SD_REF, "input": FAST_SD_INPUT}, headers=auth
-    )
-    assert response.status_code == 422
-    body = response.json()
-    assert body["title"] == "Model not available"
-    assert "lacks torch" in body["detail"] and "repligate[local]" in body["detail"]
-    assert client.get("/v1/predictions", headers=auth).json()["results"] == []

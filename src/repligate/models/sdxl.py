@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from repligate.errors import InvalidField
-from repligate.models.spec import ModelSpec
+from repligate.models.spec import DIFFUSERS, ModelSpec
 from repligate.runners.sampling import too_few_steps
 from repligate.runners.sdxl import REFINER_STRENGTH, StableDiffusionXLRunner
 
@@ -62,6 +62,7 @@ MODEL = ModelSpec(
     version="7762fd07cf82c948538e41f63f77d685e02b063e37e496e96eefd46c929f9bdc",
     version_created_at="2023-11-07T00:00:00Z",
     description="A text-to-image generative AI model that creates beautiful images",
+    requires=DIFFUSERS,
     default_weights="stabilityai/stable-diffusion-xl-base-1.0",
     runner=StableDiffusionXLRunner,
     check_input=check_input,

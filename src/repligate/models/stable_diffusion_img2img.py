@@ -3,7 +3,7 @@
 from typing import Any
 
 from repligate.errors import InvalidField
-from repligate.models.spec import ModelSpec
+from repligate.models.spec import DIFFUSERS, ModelSpec
 from repligate.runners.sampling import too_few_steps
 from repligate.runners.stable_diffusion import StableDiffusionImageToImageRunner
 
@@ -25,6 +25,7 @@ MODEL = ModelSpec(
     version="15a3689ee13b0d2616e98820eca31d4c3abcd36672df6afce5cb6feb1d66087d",
     version_created_at="2022-12-17T00:00:00Z",
     description="Generate a new image from an input image with Stable Diffusion",
+    requires=DIFFUSERS,
     default_weights="stabilityai/stable-diffusion-2-1",
     runner=StableDiffusionImageToImageRunner,
     check_input=check_input,
