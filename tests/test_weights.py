@@ -100,7 +100,7 @@ def test_weights_errors_name_the_cause_and_the_fix(tmp_path: Path) -> None:
     local = WeightsLocator(tmp_path)
 
     def broken(source: str) -> None:
-        raise OSError("Error no file named model_index.json found in directory\nmore text")
+        raise OSError("Error no file named model_index.json found in directory.\nmore text")
 
     with pytest.raises(WeightsUnavailable) as caught:
         local.load(spec, broken)

@@ -114,7 +114,7 @@ class WeightsLocator:
             f", or give this server network access to the Hugging Face repo {repo}" if repo else ""
         )
         return WeightsUnavailable(
-            f"{what or f'The weights of {spec.ref}'} are not available: {why}.\n"
+            f"{what or f'The weights of {spec.ref}'} are not available: {why.rstrip('.')}.\n"
             f"Put them in {where}{hub}. To try the API without them, `make demo` serves tiny "
             "random weights."
         )
