@@ -55,11 +55,13 @@ def parse_body(model: type[B], body: Any) -> B:
             if error["type"] == "missing":
                 problems.append(InvalidField("required", "", f"{name} is required"))
             elif error["type"] == "extra_forbidden":
+                # Replicate leaves `field` empty here; naming it lets a client point at it.
+                allowed = ", ".join(sorted(model.model_fields))
                 problems.append(
                     InvalidField(
                         "additional_property_not_allowed",
-                        "",
-                        f"Additional property {name} is not allowed",
+                        name,
+                        f"Additional property {name} is not allowed (the body takes {allowed})",
                     )
                 )
             else:
