@@ -18,6 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from repligate import inputs
+from repligate.errors import PredictionFailure
 from repligate.events import Canceled, Event, Log, Output, OutputFile, Progress
 from repligate.fetch import Fetcher
 from repligate.lifecycle import Status
@@ -146,7 +147,11 @@ class Executor:
             else:
                 self._transitions.cancel(prediction_id)
         except Exception as exc:
-            log.warning("prediction %s failed", prediction_id, exc_info=True)
+            if isinstance(exc, PredictionFailure):
+                # A known failure says all there is in its message: no traceback.
+                log.warning("prediction %s failed: %s", prediction_id, exc)
+            else:
+                log.warning("prediction %s failed", prediction_id, exc_info=True)
             ctx.flush()
             self._transitions.fail(prediction_id, _message(exc))
         else:
