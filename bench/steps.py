@@ -22,6 +22,8 @@ import httpx
 from PIL import Image
 
 from repligate import inputs
+from repligate.bus import InProcessBus
+from repligate.clock import SystemClock
 from repligate.lifecycle import Status
 from repligate.notify import CompletionNotifier
 from repligate.queue.base import CancelFlags
@@ -32,6 +34,7 @@ from repligate.settings import Settings
 from repligate.storage import encode
 from repligate.store import predictions as store
 from repligate.testing.live_server import LiveServer
+from repligate.transitions import Transitions
 
 Step = tuple[str, float, float, str]
 
@@ -162,12 +165,17 @@ class StepTimer:
         (the event loop's wake-up plus its re-read of the row)."""
         notifier = CompletionNotifier()
         container = self.server.container
+        bus = InProcessBus()
+        bus.subscribe(notifier.on_event)
+        transitions = Transitions(self.sessions, bus, SystemClock())
         service = PredictionService(
             sessions=self.sessions,
             registry=container.service.registry,
             provider=container.provider,
             queue=_NoQueue(),
+            transitions=transitions,
             notifier=notifier,
+            clock=SystemClock(),
         )
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -186,10 +194,8 @@ class StepTimer:
 
                 future = asyncio.run_coroutine_threadsafe(wait(), loop)
                 time.sleep(0.02)  # let it subscribe and read the row once
-                with self.sessions() as session:
-                    store.move(session, prediction.id, Status.CANCELED)
                 notified = time.perf_counter()
-                notifier.notify(prediction.id)
+                transitions.cancel(prediction.id)  # the write, then the completed event
                 future.result(10)
                 times.append(returned[0] - notified)
         finally:

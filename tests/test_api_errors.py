@@ -107,6 +107,7 @@ def test_missing_and_unknown_body_keys_are_422(client: TestClient, auth: dict[st
     body = assert_problem(_post(client, auth, {"input": FAST_SD_INPUT}), 422)
     assert [f["type"] for f in body["invalid_fields"]] == ["required"]
     assert "version" in body["invalid_fields"][0]["description"]
+    assert body["detail"] == "- version is required\n"
 
     body = assert_problem(_post(client, auth, {"version": SD_REF}), 422)
     assert [f["type"] for f in body["invalid_fields"]] == ["required"]
@@ -114,8 +115,15 @@ def test_missing_and_unknown_body_keys_are_422(client: TestClient, auth: dict[st
 
     extra = {"version": SD_REF, "input": FAST_SD_INPUT, "colour": "red"}
     body = assert_problem(_post(client, auth, extra), 422)
-    assert [f["type"] for f in body["invalid_fields"]] == ["additional_property_not_allowed"]
-    assert "colour" in body["invalid_fields"][0]["description"]
+    assert body["invalid_fields"] == [
+        {
+            "type": "additional_property_not_allowed",
+            "field": "colour",
+            "description": "Additional property colour is not allowed (the body takes "
+            "input, stream, version, webhook, webhook_completed, webhook_events_filter)",
+        }
+    ]
+    assert body["detail"].startswith("- colour: Additional property colour is not allowed")
 
     body = assert_problem(_post(client, auth, {"version": 5, "input": FAST_SD_INPUT}), 422)
     assert body["invalid_fields"][0]["type"] == "invalid_type"

@@ -1,5 +1,6 @@
 """The prediction's web page (urls.web) and output files under /files/: what a browser
-gets, escaped input, and no way out of the data directory."""
+gets, escaped input, and no way out of the data directory (who may open the page:
+test_web_pages.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def test_web_page_shows_status_escaped_input_and_images(
     created = client.post("/v1/predictions", json=body, headers={**auth, "Prefer": "wait"}).json()
     assert created["status"] == "succeeded"
 
-    # Reached by its unguessable id, without a key, like the output files.
+    # Reached by the signed link the API answered with, without a key.
     page = client.get(created["urls"]["web"])
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
@@ -36,8 +37,11 @@ def test_web_page_shows_status_escaped_input_and_images(
     assert 'http-equiv="refresh"' not in html  # finished: no reloading
 
 
-def test_web_page_of_an_unknown_prediction_is_404(client: TestClient) -> None:
-    assert client.get("/p/doesnotexist").status_code == 404
+def test_web_page_of_an_unknown_prediction_is_refused_like_any_unsigned_one(
+    client: TestClient,
+) -> None:
+    # 403, as for a real id without a signature: no telling which ids exist.
+    assert client.get("/p/doesnotexist").status_code == 403
 
 
 def test_files_cannot_escape_the_data_dir(client: TestClient, auth: dict[str, str]) -> None:

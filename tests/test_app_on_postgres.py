@@ -51,3 +51,25 @@ def test_predictions_run_list_and_cancel_on_postgres(
     assert row.status == "succeeded"
     assert row.output == [f"storage:predictions/{done['id']}/out-0.png"]
     assert "Using seed:" in row.logs
+
+
+def test_a_nul_character_in_any_input_breaks_no_write(
+    postgres_url: str, tmp_path: Path, tiny_weights: Path
+) -> None:
+    """PostgreSQL text cannot hold NUL: a prompt with one, logged and echoed in an error,
+    still ends as a terminal prediction with its rows written."""
+    settings = Settings(
+        data_dir=tmp_path / "data", weights_dir=tiny_weights, database_url=postgres_url
+    )
+    with TestClient(create_app(settings)) as client:
+        auth = {"Authorization": f"Bearer {make_token(client)}"}
+        done = client.post(
+            "/replicate/v1/predictions",
+            json={"version": SD_REF, "input": {**FAST_SD_INPUT, "prompt": "a red\u0000fox"}},
+            headers=auth,
+        )
+        assert done.status_code == 200, done.text
+        body = done.json()
+        assert body["status"] == "succeeded", body
+        assert body["input"]["prompt"] == "a red\u0000fox"
+        assert client.get(body["data"][0]["url"]).content[:4] == b"\x89PNG"

@@ -11,7 +11,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from repligate.app import build_container, create_app
 from repligate.settings import Settings
+from repligate.testing.fakes_storage import InMemoryStorage
 from tests.api_helpers import app_client, assert_problem, download, finished
 from tests.conftest import FAST_SD_INPUT, SD_REF, make_token
 from tests.sd_family import IMG2IMG_REF, data_uri, noise_image, output_images, predict
@@ -155,3 +157,17 @@ def test_the_data_uri_bound_is_a_setting(settings: Settings) -> None:
         assert Image.open(io.BytesIO(data)).size == (64, 64)
         files = client.get("/v1/files", headers=auth).json()["results"]
         assert [f["id"] for f in files] == [body["input"]["image"].rsplit("/", 1)[-1]]
+
+
+def test_uploads_inputs_and_outputs_run_on_the_in_memory_storage(settings: Settings) -> None:
+    """No route or service knows which backend it has: the fake serves it all."""
+    storage = InMemoryStorage()
+    with TestClient(create_app(settings, build_container(settings, storage=storage))) as client:
+        auth = {"Authorization": f"Bearer {make_token(client)}"}
+        uploaded = upload_png(client, auth, 64, 96)
+        assert client.get(uploaded["urls"]["download"]).content == png_bytes(64, 96)
+        body = predict(client, auth, IMG2IMG_REF, img2img_input(uploaded["urls"]["get"]))
+        assert [picture.size for picture in output_images(client, body)] == [(64, 96)]
+        assert [k.split("/")[0] for k in storage.list_keys()] == ["predictions", "uploads"]
+        assert client.get("/files/predictions/nothing.png").status_code == 404
+    assert not settings.files_dir.exists()

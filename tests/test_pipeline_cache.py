@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from repligate.app import create_app
-from repligate.runners.cache import PipelineCache, module_bytes
+from repligate.runners.cache import PipelineCache, SizedValue, module_bytes
 from repligate.settings import Settings
 from tests.conftest import FAST_SD_INPUT, SD_REF, make_token
 from tests.sd_family import IMG2IMG_REF, INPAINT_REF, data_uri, half_mask, noise_image
@@ -90,3 +90,34 @@ def test_the_newest_pipeline_stays_even_when_alone_over_budget(tiny_weights: Pat
     cache.get("b", lambda: StableDiffusionPipeline.from_pretrained(tiny_weights / SD))
     assert "a" not in cache and "b" in cache and released == [True]
     assert cache.get("b", lambda: first) is not first  # cached: the loader is not called
+
+
+class FakeSession:
+    """Stands for an onnxruntime InferenceSession: nothing torch, its size declared."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        self.memory_bytes = memory_bytes
+
+
+def test_entries_that_are_not_torch_count_the_bytes_they_declare() -> None:
+    import torch
+
+    released: list[bool] = []
+    cache = PipelineCache(max_bytes=1000, release=lambda: released.append(True))
+    session = cache.get("rembg", lambda: FakeSession(600))
+    assert cache.held_bytes() == 600
+    # A value that cannot carry the attribute is wrapped with its size (e.g. its file's).
+    wrapped = cache.get("other", lambda: SizedValue(object(), 300))
+    assert cache.held_bytes() == 900 and wrapped.memory_bytes == 300
+    # The same entry under a second key is counted once.
+    assert cache.get("rembg-again", lambda: session) is session
+    assert cache.held_bytes() == 900 and not released
+    assert cache.get("other", lambda: SizedValue(object(), 1)) is wrapped  # now the newest
+    # Torch modules and declared sizes add up against one budget: past it, the least
+    # recently used go first (both keys of the session, for its bytes to be freed).
+    linear = torch.nn.Linear(10, 10)  # 110 float32 parameters: 440 bytes
+    assert module_bytes(linear) == 440
+    cache.get("torch", lambda: linear)
+    assert "rembg" not in cache and "rembg-again" not in cache
+    assert "other" in cache and "torch" in cache
+    assert cache.held_bytes() == 740 and released == [True]

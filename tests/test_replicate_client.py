@@ -300,7 +300,7 @@ def test_a_failed_prediction_raises_model_error(tmp_path: Path) -> None:
         prediction = caught.value.prediction
         assert prediction.status == "failed"
         assert prediction.error is not None
-        assert "Weights for stability-ai/stable-diffusion are not available" in prediction.error
+        assert "The weights of stability-ai/stable-diffusion are not available" in prediction.error
         assert client.predictions.get(prediction.id).status == "failed"
 
 

@@ -85,6 +85,6 @@ def test_the_in_memory_fake_tells_what_was_written() -> None:
     storage = InMemoryStorage()
     storage.put("b", b"2", "image/png")
     storage.put_file("a", io.BytesIO(b"1"), "text/plain")
-    assert storage.keys() == ["a", "b"]
+    assert storage.list_keys() == ["a", "b"]
     assert storage.content_type("b") == "image/png"
     assert storage.content_type("missing") is None

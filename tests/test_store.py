@@ -12,10 +12,13 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from repligate.bus import EventKind, InProcessBus, PredictionEvent
+from repligate.clock import SystemClock
 from repligate.lifecycle import Status
 from repligate.store import db, migrate
 from repligate.store import keys as key_store
 from repligate.store import predictions as store
+from repligate.transitions import Transitions
 from tests.test_lifecycle import new_prediction
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -108,3 +111,36 @@ def test_paging_and_moves(sessions: sessionmaker[Session]) -> None:
         )
         assert [p.id for p in store.unfinished(session)] == ["p1", "p2", "p3", "p4"]
         assert store.count_for_model(session, "stability-ai/stable-diffusion") == 5
+
+
+def test_a_nul_character_in_logs_or_error_is_written(sessions: sessionmaker[Session]) -> None:
+    """PostgreSQL text cannot hold NUL; the store writes U+FFFD in its place."""
+    with sessions() as session:
+        key, _ = key_store.create(session, name="k")
+        store.insert(session, new_prediction(key.id, "n0"))
+        assert store.move(session, "n0", Status.PROCESSING)
+        assert store.append_logs(session, "n0", "prompt: a\x00fox\n")
+        done = store.move(session, "n0", Status.FAILED, error="bad \x00 token")
+        assert done is not None
+    assert done.logs == "prompt: a\ufffdfox\n"
+    assert done.error == "bad \ufffd token"
+
+
+def test_a_final_write_that_fails_still_ends_the_prediction(
+    sessions: sessionmaker[Session],
+) -> None:
+    """An output the database cannot take: a minimal failed write ends the prediction,
+    and the completed event is still published once."""
+    events: list[PredictionEvent] = []
+    bus = InProcessBus()
+    bus.subscribe(events.append)
+    transitions = Transitions(sessions, bus, SystemClock())
+    with sessions() as session:
+        key, _ = key_store.create(session, name="k")
+        store.insert(session, new_prediction(key.id, "w0"))
+    assert transitions.start("w0") is not None
+    ended = transitions.finish("w0", Status.SUCCEEDED, output=[object()])
+    assert ended is not None and ended.status is Status.FAILED
+    assert ended.error is not None and "could not be recorded" in ended.error
+    assert ended.completed_at is not None
+    assert [e.kind for e in events] == [EventKind.STARTED, EventKind.COMPLETED]

@@ -15,24 +15,17 @@ from repligate.fetch import Fetcher, FetchRefused
 from repligate.file_inputs import FileInputs
 from repligate.records import ApiKey
 from repligate.store import db, keys, migrate
+from repligate.testing.fakes import FakeClock
 from repligate.testing.fakes_storage import InMemoryStorage
-from repligate.uploads import SigningKey, UploadService, size_text
+from repligate.uploads import UploadService, size_text
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(START)
 
 
 @pytest.fixture
@@ -41,15 +34,15 @@ def storage() -> InMemoryStorage:
 
 
 @pytest.fixture
-def uploads(tmp_path: Path, storage: InMemoryStorage, clock: Clock) -> Iterator[UploadService]:
+def uploads(tmp_path: Path, storage: InMemoryStorage, clock: FakeClock) -> Iterator[UploadService]:
     engine = db.make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
     migrate.upgrade(engine)
     yield UploadService(
         sessions=db.make_sessions(engine),
         storage=storage,
-        signing_key=SigningKey(given=None, path=tmp_path / "signing.key"),
-        max_bytes=1000,
+        secret=b"s" * 32,
         clock=clock,
+        max_bytes=1000,
     )
     engine.dispose()
 
@@ -70,21 +63,21 @@ def fetcher(inputs: FileInputs) -> Fetcher:
 
 
 def test_create_hashes_stores_and_expires(
-    uploads: UploadService, storage: InMemoryStorage, clock: Clock
+    uploads: UploadService, storage: InMemoryStorage, clock: FakeClock
 ) -> None:
     key = make_key(uploads, "a")
     made = uploads.create(key, io.BytesIO(PNG), name="a.png", content_type="image/png")
     assert made.size == len(PNG)
     assert made.expires_at == START + timedelta(hours=24)
-    assert storage.keys() == [made.storage_key]
+    assert storage.list_keys() == [made.storage_key]
     assert storage.content_type(made.storage_key) == "image/png"
     # The storage key holds a secret part beyond the id.
     assert made.storage_key.startswith(f"uploads/{made.id}-") and len(made.storage_key) > 40
     assert uploads.get(key, made.id) == made
-    clock.now += timedelta(hours=24)
+    clock.advance(24 * 3600)
     with pytest.raises(NotFound):
         uploads.get(key, made.id)
-    assert storage.keys() == []
+    assert storage.list_keys() == []
 
 
 def test_the_cap_is_enforced_while_reading(
@@ -93,7 +86,7 @@ def test_the_cap_is_enforced_while_reading(
     key = make_key(uploads, "a")
     with pytest.raises(FileTooLarge, match="Files must be less than 1000 bytes in size"):
         uploads.create(key, io.BytesIO(b"x" * 1001), name="x", content_type="text/plain")
-    assert storage.keys() == []
+    assert storage.list_keys() == []
     assert uploads.list(key).results == []
 
 
@@ -103,12 +96,25 @@ def test_size_text_words_the_cap_as_replicate_does() -> None:
     assert size_text(1536) == "1536 bytes"
 
 
-def test_the_signing_key_is_made_once_and_kept(tmp_path: Path) -> None:
-    first = SigningKey(given=None, path=tmp_path / "k").value()
-    assert SigningKey(given=None, path=tmp_path / "k").value() == first
-    assert (tmp_path / "k").stat().st_mode & 0o777 == 0o600
-    assert SigningKey(given=b"set", path=tmp_path / "other").value() == b"set"
-    assert not (tmp_path / "other").exists()
+def test_download_signatures_hold_only_for_their_file_and_expiry(
+    uploads: UploadService, clock: FakeClock
+) -> None:
+    key = make_key(uploads, "a")
+    made = uploads.create(key, io.BytesIO(PNG), name="a.png", content_type="image/png")
+    other = uploads.create(key, io.BytesIO(PNG), name="b.png", content_type="image/png")
+    query = dict(part.split("=", 1) for part in uploads.signed_query(made).split("&"))
+    assert uploads.by_signature(made.id, query["expiry"], query["signature"]) == made
+    for file_id, expiry, signature in (
+        (other.id, query["expiry"], query["signature"]),
+        (made.id, str(int(query["expiry"]) + 1), query["signature"]),
+        (made.id, "9" * 5000, query["signature"]),
+        (made.id, query["expiry"], ""),
+    ):
+        with pytest.raises(NotFound):
+            uploads.by_signature(file_id, expiry, signature)
+    clock.advance(24 * 3600)
+    with pytest.raises(NotFound):
+        uploads.by_signature(made.id, query["expiry"], query["signature"])
 
 
 def test_the_fetcher_reads_own_files_from_storage_without_http(
@@ -125,14 +131,14 @@ def test_the_fetcher_reads_own_files_from_storage_without_http(
 
 
 def test_the_fetcher_refuses_another_keys_gone_or_unknown_files(
-    uploads: UploadService, inputs: FileInputs, clock: Clock
+    uploads: UploadService, inputs: FileInputs, clock: FakeClock
 ) -> None:
     mine, theirs = make_key(uploads, "a"), make_key(uploads, "b")
     made = uploads.create(theirs, io.BytesIO(PNG), name="a.png", content_type="image/png")
     url = f"https://gate.example.test/v1/files/{made.id}"
     with pytest.raises(FetchRefused, match=r"image: file .* is not one of this API key's files"):
         fetcher(inputs).fetch(url, field="image", owner=mine.id)
-    clock.now += timedelta(days=2)
+    clock.advance(2 * 24 * 3600)
     with pytest.raises(FetchRefused, match=r"image: file .* expired at 2026-01-02T00:00:00Z"):
         fetcher(inputs).fetch(url, field="image", owner=theirs.id)
     unknown = "https://gate.example.test/v1/files/" + "b" * 26

@@ -5,8 +5,9 @@ predictions a crashed process left behind are recovered then."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -15,14 +16,18 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, predictions, uploads, web
+from repligate.api import errors, files, health, models, pages, predictions, uploads, web
+from repligate.bus import EventBus, InProcessBus
+from repligate.clock import Clock, SystemClock
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
 from repligate.file_inputs import FileInputs
+from repligate.links import WebLinks, load_secret
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
+from repligate.providers.base import Provider
 from repligate.providers.local import LocalProvider
-from repligate.queue.base import CancelFlags
+from repligate.queue.base import CancelFlags, Queue
 from repligate.queue.inprocess import InProcessQueue
 from repligate.registry import Registry
 from repligate.runners.base import RunnerEnv
@@ -31,9 +36,13 @@ from repligate.settings import Settings
 from repligate.storage.base import Storage
 from repligate.storage.local import LocalStorage
 from repligate.store import db, migrate
+from repligate.transitions import Transitions
 from repligate.uploads import UploadService
 
 log = logging.getLogger(__name__)
+
+# Builds a queue around the executor's entry point and the cancel flags it checks.
+QueueFactory = Callable[[Callable[[str], None], CancelFlags], Queue]
 
 
 @dataclass
@@ -42,9 +51,11 @@ class Container:
     engine: Engine
     sessions: sessionmaker[Session]
     storage: Storage
-    provider: LocalProvider
-    queue: InProcessQueue
+    provider: Provider
+    queue: Queue
+    bus: EventBus
     service: PredictionService
+    links: WebLinks
     uploads: UploadService
 
 
@@ -78,48 +89,82 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     )
 
 
-def build_container(settings: Settings) -> Container:
+def build_container(
+    settings: Settings,
+    *,
+    storage: Storage | None = None,
+    provider: Provider | None = None,
+    queue: QueueFactory | None = None,
+    clock: Clock | None = None,
+) -> Container:
+    """Wire the server. Each backend can be given (the fakes in ``repligate.testing``);
+    otherwise the embedded defaults are built from ``settings``."""
     engine = db.make_engine(settings.resolved_database_url())
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
-    storage = LocalStorage(settings.files_dir)
-    upload_service = UploadService.from_settings(settings, sessions, storage)
+    storage = storage or LocalStorage(settings.files_dir)
+    clock = clock or SystemClock()
+    secret = load_secret(settings)
+    upload_service = UploadService.from_settings(settings, sessions, storage, secret, clock)
     file_inputs = FileInputs(
         upload_service,
         inline_max=settings.inline_data_uri_max_bytes,
         public_base_url=settings.public_base_url,
     )
     fetcher = Fetcher.from_settings(settings, local_files=file_inputs)
-    provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
+    if provider is None:
+        provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
+    bus = InProcessBus()
     notifier = CompletionNotifier()
+    bus.subscribe(notifier.on_event)
+    transitions = Transitions(sessions, bus, clock)
     flags = CancelFlags()
     executor = Executor(
-        sessions=sessions,
+        transitions=transitions,
         registry=registry,
         provider=provider,
         storage=storage,
         flags=flags,
         fetcher=fetcher,
-        on_finished=notifier.notify,
         log_flush_interval=settings.log_flush_interval,
     )
-    queue = InProcessQueue(
-        executor.execute, flags, concurrency_per_device=settings.concurrency_per_device
-    )
+    if queue is None:
+        built_queue: Queue = InProcessQueue(
+            executor.execute,
+            flags,
+            concurrency_per_device=settings.concurrency_per_device,
+            grace_seconds=settings.shutdown_grace_seconds,
+        )
+    else:
+        built_queue = queue(executor.execute, flags)
     service = PredictionService(
         sessions=sessions,
         registry=registry,
         provider=provider,
-        queue=queue,
+        queue=built_queue,
+        transitions=transitions,
         notifier=notifier,
+        clock=clock,
         page_size=settings.list_page_size,
         file_inputs=file_inputs,
     )
-    return Container(settings, engine, sessions, storage, provider, queue, service, upload_service)
+    links = WebLinks(secret, settings.web_link_ttl_seconds)
+    return Container(
+        settings,
+        engine,
+        sessions,
+        storage,
+        provider,
+        built_queue,
+        bus,
+        service,
+        links,
+        upload_service,
+    )
 
 
-def create_app(settings: Settings) -> FastAPI:
-    container = build_container(settings)
+def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
+    container = container or build_container(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -129,7 +174,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            container.queue.stop()
+            # The workers get their grace period in a thread: the event loop keeps
+            # answering (health checks, the last waiting requests) meanwhile.
+            await asyncio.to_thread(container.queue.stop)
             container.engine.dispose()
 
     app = FastAPI(title="repligate", version=__version__, lifespan=lifespan)
@@ -141,5 +188,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(uploads.router, prefix=prefix)
     app.include_router(files.router)
     app.include_router(web.router)
+    app.include_router(pages.router)
     app.include_router(health.router)
     return app

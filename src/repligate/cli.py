@@ -62,7 +62,11 @@ def serve(
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     console.print(f"repligate listening on [bold]{url}[/bold]  (data in {settings.data_dir})")
     console.print(f"  try: curl {url}/health")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    from repligate.serving import Server
+
+    application = create_app(settings)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level="info")
+    Server(config, on_exit=application.state.container.service.stop_waiting).run()
 
 
 def _warn_about_random_weights(settings: Settings) -> None:
@@ -109,11 +113,14 @@ def predict(
     token: Annotated[
         str | None, typer.Option(envvar="REPLIGATE_TOKEN", help="An API key of that server")
     ] = None,
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o")] = Path("."),
+    output_dir: Annotated[
+        Path, typer.Option("--output-dir", "-o", help="Files go to OUTPUT_DIR/<prediction id>/")
+    ] = Path("."),
 ) -> None:
     """Run a prediction on a running server, follow its logs, save its output files.
 
-    The paths of the saved files are printed on stdout, one a line."""
+    Files go to OUTPUT_DIR/<prediction id>/, never over an existing file; their paths are
+    printed on stdout, one a line."""
     import httpx
 
     from repligate import remote
@@ -132,7 +139,7 @@ def predict(
                 on_logs=lambda text: console.print(text, end="", markup=False, highlight=False),
             )
             urls = output_urls(prediction["output"])
-            saved = remote.download(client, urls, output_dir)
+            saved = remote.download(client, prediction["id"], urls, output_dir)
     except (remote.RemoteError, httpx.HTTPError) as exc:
         console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
         raise typer.Exit(1) from exc

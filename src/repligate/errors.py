@@ -10,6 +10,10 @@ RepligateError
  ├── InvalidRequest             the request itself is malformed or unsupported
  ├── FileTooLarge               an upload over the server's size cap
  └── ModelUnavailable           valid request, but this server cannot run that model
+
+Apart from that tree, PredictionFailure: a prediction that ran failed for a reason its
+message explains in full (its weights are missing, ...). It ends the prediction `failed`
+with that message, and the server logs it in one line: a traceback would add nothing.
 """
 
 from __future__ import annotations
@@ -63,7 +67,11 @@ class InvalidInput(RepligateError):
 
     def __init__(self, invalid_fields: list[InvalidField]) -> None:
         self.invalid_fields = invalid_fields
-        lines = "".join(f"- {f.field}: {f.description}\n" for f in invalid_fields)
+        # "- input.width: Must be ...", or for the body itself "- version is required".
+        lines = "".join(
+            f"- {f.field}: {f.description}\n" if f.field else f"- {f.description}\n"
+            for f in invalid_fields
+        )
         super().__init__(lines)
 
 
@@ -77,3 +85,7 @@ class FileTooLarge(RepligateError):
 
 class ModelUnavailable(RepligateError):
     title = "Model not available"
+
+
+class PredictionFailure(Exception):
+    """A prediction failed for a reason its message explains in full: no traceback."""

@@ -1,13 +1,21 @@
 """What a runner reports while it runs a prediction.
 
-Runners never touch the database or storage: they call ``RunContext.emit`` with a Log or
-a Progress, and return their output with ``OutputFile`` values where files go; the
-execution folds both into the prediction row.
+Runners never touch the database or storage: they call ``RunContext.emit`` with a Log, a
+Progress or an Output, and return their output with ``OutputFile`` values where files
+go; the execution folds all of it into the prediction (``transitions.py``).
+
+Two ways to give the output:
+- return it (one value, a list or a dict, with ``OutputFile`` values in place);
+- or emit each ``Output`` as soon as it exists and return None: the prediction's output
+  is then the list of what was emitted, and it grows while the prediction runs (models
+  whose output schema is an iterator, ``x-cog-array-type: iterator``). A canceled or
+  failed prediction keeps what it had emitted, as on Replicate.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,14 @@ class OutputFile:
     content_type: str
 
 
-Event = Log | Progress
+@dataclass(frozen=True)
+class Output:
+    """One more item of the output, produced now: a file or any JSON value."""
+
+    value: Any
+
+
+Event = Log | Progress | Output
 
 
 class Canceled(Exception):

@@ -1,109 +1,119 @@
-"""Runs one claimed prediction: the provider, the outputs into storage, and every status
-change through the lifecycle's compare-and-set.
+"""Runs one claimed prediction: fetches its file inputs, runs the provider, stores its
+outputs, and records every change through the transition point (``transitions.py``).
 
 A failed prediction is data (``failed`` with ``error``); only a fault of the server itself
 escapes as an exception, which the queue logs and survives.
+
+No file is left that no prediction points to: a file stored for an output that the
+prediction could not take (it was canceled meanwhile) is deleted again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
 from tqdm import tqdm
 
 from repligate import inputs
-from repligate.events import Canceled, Event, Log, OutputFile, Progress
+from repligate.errors import PredictionFailure
+from repligate.events import Canceled, Event, Log, Output, OutputFile, Progress
 from repligate.fetch import Fetcher
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
 from repligate.providers.base import Provider
 from repligate.queue.base import CancelFlags
 from repligate.registry import Registry
-from repligate.storage.base import Storage
-from repligate.store import predictions as store
+from repligate.storage.base import SCHEME, Storage
+from repligate.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
+HANDED_BACK_NOTE = "The server stopped while this prediction ran; it was queued again."
+
 
 class _Context:
-    """The RunContext of one prediction: buffers log lines, flushes them now and then, and
-    notices a cancel made here (flag) or anywhere else (the row stopped `processing`)."""
+    """The RunContext of one prediction: buffers log lines and flushes them now and then,
+    stores live outputs as they come, and notices a cancel made here (flag) or anywhere
+    else (the prediction stopped `processing`)."""
 
     def __init__(
         self,
         prediction_id: str,
-        sessions: sessionmaker[Session],
+        transitions: Transitions,
+        storage: Storage,
         flags: CancelFlags,
         flush_interval: float,
     ) -> None:
         self.prediction_id = prediction_id
-        self._sessions = sessions
+        self._transitions = transitions
+        self._storage = storage
         self._flags = flags
         self._flush_interval = flush_interval
-        self._lines: list[str] = []
-        self._unflushed = 0
+        self._pending: list[str] = []
         self._last_flush = time.monotonic()
         self._started = time.monotonic()
         self._stopped_elsewhere = False
+        self.outputs: list[Any] = []
 
     def emit(self, event: Event) -> None:
+        if isinstance(event, Output):
+            self._add_output(event.value)
+            return
         if isinstance(event, Log):
-            self._lines.append(event.line)
+            self._pending.append(event.line)
             # A runner logs (e.g. the seed) just before its denoising loop: tqdm's clock
             # starts there, so loading time does not count as step time.
             self._started = time.monotonic()
         elif isinstance(event, Progress):
             elapsed = time.monotonic() - self._started
-            self._lines.append(tqdm.format_meter(event.step, event.total, elapsed))
+            self._pending.append(tqdm.format_meter(event.step, event.total, elapsed))
         if time.monotonic() - self._last_flush >= self._flush_interval:
             self.flush()
 
     def flush(self) -> None:
-        pending = self._lines[self._unflushed :]
         self._last_flush = time.monotonic()
-        if not pending:
+        if not self._pending:
             return
-        with self._sessions() as session:
-            still_running = store.append_logs(
-                session, self.prediction_id, "".join(line + "\n" for line in pending)
-            )
-        self._unflushed = len(self._lines)
-        if not still_running:
+        text = "".join(line + "\n" for line in self._pending)
+        self._pending.clear()
+        if self._transitions.append_logs(self.prediction_id, text) is None:
             self._stopped_elsewhere = True
+
+    def _add_output(self, value: Any) -> None:
+        # Logs first, so a reader sees what led to this output.
+        self.flush()
+        stored = store_files(self._storage, self.prediction_id, value)
+        if self._transitions.set_output(self.prediction_id, [*self.outputs, stored]) is None:
+            delete_files(self._storage, stored)
+            self._stopped_elsewhere = True
+            return
+        self.outputs.append(stored)
 
     def canceled(self) -> bool:
         return self._stopped_elsewhere or self._flags.is_set(self.prediction_id)
-
-    @property
-    def logs(self) -> str:
-        return "".join(line + "\n" for line in self._lines)
 
 
 class Executor:
     def __init__(
         self,
         *,
-        sessions: sessionmaker[Session],
+        transitions: Transitions,
         registry: Registry,
         provider: Provider,
         storage: Storage,
         flags: CancelFlags,
         fetcher: Fetcher,
-        on_finished: Callable[[str], None],
         log_flush_interval: float = 0.5,
     ) -> None:
-        self._sessions = sessions
+        self._transitions = transitions
         self._registry = registry
         self._provider = provider
         self._storage = storage
         self._flags = flags
         self._fetcher = fetcher
-        self._on_finished = on_finished
         self._flush_interval = log_flush_interval
 
     def execute(self, prediction_id: str) -> None:
@@ -111,18 +121,16 @@ class Executor:
             self._execute(prediction_id)
         finally:
             self._flags.clear(prediction_id)
-            self._on_finished(prediction_id)
 
     def _execute(self, prediction_id: str) -> None:
-        started_at = datetime.now(UTC)
-        with self._sessions() as session:
-            # Claim it: only a `starting` prediction moves to `processing` (a canceled one
-            # stays canceled, and a second worker loses the race).
-            if not store.move(session, prediction_id, Status.PROCESSING, started_at=started_at):
-                return
-            prediction = store.get(session, prediction_id)
-        assert prediction is not None
-        ctx = _Context(prediction_id, self._sessions, self._flags, self._flush_interval)
+        # Claim it: only a `starting` prediction moves to `processing` (a canceled one
+        # stays canceled, and a second worker loses the race).
+        prediction = self._transitions.start(prediction_id)
+        if prediction is None:
+            return
+        ctx = _Context(
+            prediction_id, self._transitions, self._storage, self._flags, self._flush_interval
+        )
         try:
             if self._flags.is_set(prediction_id):
                 raise Canceled()
@@ -130,15 +138,37 @@ class Executor:
             run_input = self._fetch_files(
                 spec, inputs.validate(spec, prediction.input), prediction.api_key_id
             )
-            output = self._provider.run(spec, run_input, ctx)
-            stored = self._store_files(prediction_id, output)
+            returned = self._provider.run(spec, run_input, ctx)
+            ctx.flush()
+            output = self._final_output(prediction_id, returned, ctx)
+            _check_json(output)
         except Canceled:
-            self._finish(prediction, started_at, Status.CANCELED, ctx.logs)
+            ctx.flush()
+            if self._flags.is_handed_back(prediction_id):
+                self._transitions.hand_back(prediction_id, HANDED_BACK_NOTE)
+            else:
+                self._transitions.cancel(prediction_id)
         except Exception as exc:
-            log.warning("prediction %s failed", prediction_id, exc_info=True)
-            self._finish(prediction, started_at, Status.FAILED, ctx.logs, error=_message(exc))
+            if isinstance(exc, PredictionFailure):
+                # A known failure says all there is in its message: no traceback.
+                log.warning("prediction %s failed: %s", prediction_id, exc)
+            else:
+                log.warning("prediction %s failed", prediction_id, exc_info=True)
+            ctx.flush()
+            self._transitions.fail(prediction_id, _message(exc))
         else:
-            self._finish(prediction, started_at, Status.SUCCEEDED, ctx.logs, output=stored)
+            finished = self._transitions.finish(prediction_id, Status.SUCCEEDED, output=output)
+            if finished is None:
+                # Canceled (or ended elsewhere) while the last files were written: the
+                # prediction keeps what it had, and these files belong to nobody.
+                delete_files(self._storage, _unreferenced(output, ctx.outputs))
+
+    def _final_output(self, prediction_id: str, returned: Any, ctx: _Context) -> Any:
+        if ctx.outputs:
+            if returned is not None:
+                raise RuntimeError("a runner that emits Output events must return None")
+            return list(ctx.outputs)
+        return store_files(self._storage, prediction_id, returned)
 
     def _fetch_files(
         self, spec: ModelSpec, run_input: dict[str, Any], owner: str
@@ -152,39 +182,47 @@ class Executor:
                 fetched[name] = self._fetcher.fetch(value, field=name, owner=owner)
         return fetched
 
-    def _store_files(self, prediction_id: str, output: Any) -> Any:
-        if isinstance(output, OutputFile):
-            key = f"predictions/{prediction_id}/{output.name}"
-            return self._storage.put(key, output.data, output.content_type)
-        if isinstance(output, list):
-            return [self._store_files(prediction_id, item) for item in output]
-        if isinstance(output, dict):
-            return {k: self._store_files(prediction_id, v) for k, v in output.items()}
-        return output
 
-    def _finish(
-        self,
-        prediction: Any,
-        started_at: datetime,
-        status: Status,
-        logs: str,
-        *,
-        output: Any = None,
-        error: str | None = None,
-    ) -> None:
-        completed_at = datetime.now(UTC)
-        with self._sessions() as session:
-            store.move(
-                session,
-                prediction.id,
-                status,
-                output=output,
-                error=error,
-                logs=logs,
-                completed_at=completed_at,
-                predict_time=(completed_at - started_at).total_seconds(),
-                total_time=(completed_at - prediction.created_at).total_seconds(),
-            )
+def store_files(storage: Storage, prediction_id: str, output: Any) -> Any:
+    """Write every ``OutputFile`` in an output (any JSON shape) to storage; the same shape
+    comes back with ``storage:<key>`` references in their place."""
+    if isinstance(output, OutputFile):
+        return storage.put(
+            f"predictions/{prediction_id}/{output.name}", output.data, output.content_type
+        )
+    if isinstance(output, list):
+        return [store_files(storage, prediction_id, item) for item in output]
+    if isinstance(output, dict):
+        return {k: store_files(storage, prediction_id, v) for k, v in output.items()}
+    return output
+
+
+def _references(output: Any) -> set[str]:
+    if isinstance(output, str):
+        return {output} if output.startswith(SCHEME) else set()
+    if isinstance(output, list):
+        return set().union(*(_references(item) for item in output))
+    if isinstance(output, dict):
+        return set().union(*(_references(v) for v in output.values()))
+    return set()
+
+
+def _unreferenced(output: Any, kept: Any) -> Any:
+    return sorted(_references(output) - _references(kept))
+
+
+def delete_files(storage: Storage, output: Any) -> None:
+    for reference in _references(output):
+        storage.delete(reference[len(SCHEME) :])
+
+
+def _check_json(output: Any) -> None:
+    """An output the API could not send (NaN, bytes, objects) fails the prediction now,
+    saying so, instead of breaking the write or every later read."""
+    try:
+        json.dumps(output, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"The model's output is not valid JSON: {exc}") from exc
 
 
 def _message(exc: Exception) -> str:

@@ -98,19 +98,17 @@ class FetchedFile:
             with PILImage.open(io.BytesIO(self.data), formats=_IMAGE_FORMATS) as probe:
                 width, height = probe.size
                 if width * height > self.max_pixels:
-                    raise FetchRefused(
-                        f"{self.field}: the image is {width}x{height}, more than the limit "
-                        f"of {self.max_pixels} pixels"
-                    )
+                    raise FetchRefused(self._too_many_pixels(f"{width}x{height}"))
                 probe.load()
                 image = ImageOps.exif_transpose(probe) if exif_transpose else probe.copy()
         except FetchRefused:
             raise
         except PILImage.DecompressionBombError as exc:
-            raise FetchRefused(
-                f"{self.field}: the image declares more pixels than this server decodes "
-                f"(a decompression bomb?): {exc}"
-            ) from exc
+            # Pillow refused it at open, before its size could be read here; its message
+            # (the only place the size is) quotes Pillow's limit, not this server's.
+            declared = str(exc).partition("(")[2].partition(" pixels)")[0]
+            size = f"{declared} pixels" if declared.isdigit() else "larger"
+            raise FetchRefused(self._too_many_pixels(size)) from exc
         except Exception as exc:
             # Pillow signals bad input with many exception types (OSError, SyntaxError,
             # ValueError, struct.error, ...): any of them means the file, not the server.
@@ -119,6 +117,19 @@ class FetchedFile:
                 f"(it looks like {self.content_type})"
             ) from exc
         return image.convert(mode) if mode and image.mode != mode else image
+
+    def _too_many_pixels(self, size: str) -> str:
+        from PIL import Image as PILImage
+
+        reason = (
+            f"{self.field}: the image is {size}, more than the limit of {self.max_pixels} "
+            "pixels (REPLIGATE_MAX_IMAGE_PIXELS)"
+        )
+        # Pillow refuses past twice its own process-wide limit, whatever ours says.
+        hard = 2 * (PILImage.MAX_IMAGE_PIXELS or 0)
+        if hard and self.max_pixels > hard:
+            reason += f"; Pillow itself refuses more than {hard} pixels"
+        return reason
 
 
 def check_reference(

@@ -132,7 +132,7 @@ class FileInputs:
             return _not_yours(uploaded.id)
         if uploaded.deleted_at is not None:
             return f"file {uploaded.id} was deleted"
-        if uploaded.gone(self.uploads.clock()):
+        if uploaded.gone(self.uploads.clock.now()):
             return f"file {uploaded.id} expired at {uploaded.expires_at:%Y-%m-%dT%H:%M:%SZ}"
         return None
 

@@ -1,6 +1,7 @@
 """The prediction lifecycle: statuses, the allowed transitions, and "terminal is final".
 
-Every status write in the code base asks this module first. The store applies a
+Every status write in the code base goes through ``transitions.Transitions``, which asks
+this module first. The store applies a
 transition as a compare-and-set (``UPDATE ... WHERE status IN sources_of(new)``) so two
 processes racing (a cancel and a finishing worker) cannot both win.
 """
@@ -27,7 +28,11 @@ TERMINAL: frozenset[Status] = frozenset({Status.SUCCEEDED, Status.FAILED, Status
 # from -> the statuses it may move to. Terminal statuses have no way out.
 _ALLOWED: dict[Status, frozenset[Status]] = {
     Status.STARTING: frozenset({Status.PROCESSING, Status.FAILED, Status.CANCELED}),
-    Status.PROCESSING: frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED}),
+    # processing -> starting: a worker that is shutting down hands its prediction back to
+    # the queue (it runs again from the start after the restart).
+    Status.PROCESSING: frozenset(
+        {Status.STARTING, Status.SUCCEEDED, Status.FAILED, Status.CANCELED}
+    ),
     Status.SUCCEEDED: frozenset(),
     Status.FAILED: frozenset(),
     Status.CANCELED: frozenset(),

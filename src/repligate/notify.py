@@ -1,5 +1,6 @@
 """Wake up requests waiting for a prediction to finish (``Prefer: wait``).
 
+A subscriber of the event bus: each ``completed`` event wakes that prediction's waiters.
 Workers run in threads; waiters are coroutines. ``notify`` is thread-safe and hands the
 wake-up to each waiter's event loop.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+
+from repligate.bus import EventKind, PredictionEvent
 
 
 class CompletionNotifier:
@@ -35,3 +38,15 @@ class CompletionNotifier:
         for loop, event in waiters:
             if not loop.is_closed():
                 loop.call_soon_threadsafe(event.set)
+
+    def notify_all(self) -> None:
+        """Wake every waiter (the server is stopping: they answer with what they have)."""
+        with self._lock:
+            waiters = [w for ws in self._waiters.values() for w in ws]
+        for loop, event in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
+
+    def on_event(self, event: PredictionEvent) -> None:
+        if event.kind is EventKind.COMPLETED:
+            self.notify(event.prediction.id)

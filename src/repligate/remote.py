@@ -4,12 +4,14 @@ client uses (Replicate's too), so the CLI exercises exactly what users call."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import mimetypes
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
@@ -93,14 +95,39 @@ def run(
     return prediction
 
 
-def download(client: httpx.Client, urls: list[str], directory: Path) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
+def download(
+    client: httpx.Client, prediction_id: str, urls: list[str], directory: Path
+) -> list[Path]:
+    """Save each output under ``directory/<prediction id>/`` by the name its URL ends in.
+    Nothing is ever overwritten: a name already taken gets ``-1``, ``-2``… before its
+    suffix. Returns the paths written, in output order."""
+    folder = directory / _safe_name(prediction_id, "prediction")
+    folder.mkdir(parents=True, exist_ok=True)
     saved = []
-    for url in urls:
-        target = directory / url.rsplit("/", 1)[-1]
+    for index, url in enumerate(urls):
         response = client.get(url)
         if response.status_code >= 400:
             raise RemoteError(f"downloading {url}: {_problem(response)}")
-        target.write_bytes(response.content)
-        saved.append(target)
+        name = _safe_name(urlsplit(url).path.rsplit("/", 1)[-1], f"output-{index}")
+        saved.append(_write_new(folder / name, response.content))
     return saved
+
+
+def _safe_name(raw: str, fallback: str) -> str:
+    """A plain file name from what a server sent: no directories, nothing hidden."""
+    name = unquote(raw).replace("\\", "/").rsplit("/", 1)[-1]
+    return name if name and not name.startswith(".") else fallback
+
+
+def _write_new(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path``, or to the first free ``stem-N.suffix`` beside it; the
+    exclusive open makes "free" hold even against another process writing there."""
+    for attempt in itertools.count():
+        candidate = path if attempt == 0 else path.with_stem(f"{path.stem}-{attempt}")
+        try:
+            with candidate.open("xb") as file:
+                file.write(data)
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")

@@ -11,12 +11,13 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import inputs
+from repligate.clock import Clock
 from repligate.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -33,6 +34,7 @@ from repligate.records import ApiKey, Prediction
 from repligate.registry import Registry
 from repligate.store import keys as key_store
 from repligate.store import predictions as store
+from repligate.transitions import Transitions
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,9 @@ class PredictionService:
         registry: Registry,
         provider: Provider,
         queue: Queue,
+        transitions: Transitions,
         notifier: CompletionNotifier,
+        clock: Clock,
         page_size: int = 100,
         file_inputs: FileInputs | None = None,
     ) -> None:
@@ -91,9 +95,12 @@ class PredictionService:
         self.registry = registry
         self._provider = provider
         self._queue = queue
+        self._transitions = transitions
         self._notifier = notifier
+        self._clock = clock
         self._page_size = page_size
         self._file_inputs = file_inputs
+        self._stopping = False
 
     def authenticate(self, token: str | None) -> ApiKey:
         if not token:
@@ -132,7 +139,7 @@ class PredictionService:
             model=spec.ref,
             version=spec.version,
             input=raw_input,
-            created_at=datetime.now(UTC),
+            created_at=self._clock.now(),
             webhook=webhook,
             webhook_events_filter=list(webhook_events_filter)
             if webhook_events_filter is not None
@@ -197,26 +204,16 @@ class PredictionService:
 
     def cancel(self, key: ApiKey, prediction_id: str) -> Prediction:
         prediction = self.get(key, prediction_id)
-        if not prediction.status.is_terminal:
-            now = datetime.now(UTC)
-            with self._sessions() as session:
-                moved = store.move(
-                    session,
-                    prediction_id,
-                    Status.CANCELED,
-                    completed_at=now,
-                    total_time=(now - prediction.created_at).total_seconds(),
-                    predict_time=(now - prediction.started_at).total_seconds()
-                    if prediction.started_at
-                    else None,
-                )
-            if moved:
-                # Stop the worker at its next step; its own final write will lose the
-                # compare-and-set, so `canceled` stays.
-                self._queue.cancel(prediction_id)
-                self._notifier.notify(prediction_id)
-            prediction = self.get(key, prediction_id)
-        return prediction
+        if prediction.status.is_terminal:
+            return prediction
+        canceled = self._transitions.cancel(prediction_id)
+        if canceled is None:
+            # It ended (or was claimed and ended) between the read and the write.
+            return self.get(key, prediction_id)
+        # Stop the worker at its next step; its own final write loses the
+        # compare-and-set, so `canceled` stays.
+        self._queue.cancel(prediction_id)
+        return canceled
 
     async def wait(self, key: ApiKey, prediction: Prediction, seconds: float) -> Prediction:
         """Wait up to ``seconds`` for a terminal status; return the newest state."""
@@ -228,7 +225,7 @@ class PredictionService:
                 # Read after subscribing, so a finish between create and here is not missed.
                 prediction = await asyncio.to_thread(self.get, key, prediction.id)
                 remaining = deadline - loop.time()
-                if prediction.status.is_terminal or remaining <= 0:
+                if prediction.status.is_terminal or remaining <= 0 or self._stopping:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), min(remaining, _WAIT_POLL_SECONDS))
@@ -237,31 +234,33 @@ class PredictionService:
             self._notifier.unsubscribe(prediction.id, event)
         return prediction
 
+    def stop_waiting(self) -> None:
+        """The server is stopping: every ``Prefer: wait`` request answers now with the
+        prediction as it stands (the client then polls), instead of holding the shutdown."""
+        self._stopping = True
+        self._notifier.notify_all()
+
     def run_count(self, spec: ModelSpec) -> int:
         with self._sessions() as session:
             return store.count_for_model(session, spec.ref)
 
     def recover(self) -> tuple[int, int]:
-        """After a restart: queue again what never started; fail what was cut off while
-        running (its work is lost). Returns (requeued, failed)."""
+        """After a restart: queue again what never started (or was handed back at
+        shutdown); fail what was cut off while running (its work is lost, and running it
+        again could crash the server again). Returns (requeued, failed)."""
         requeued = failed = 0
         with self._sessions() as session:
-            for prediction in store.unfinished(session):
-                if prediction.status is Status.STARTING:
-                    self._queue.submit(prediction.id)
-                    requeued += 1
-                    continue
-                now = datetime.now(UTC)
-                if store.move(
-                    session,
-                    prediction.id,
-                    Status.FAILED,
-                    error="The server stopped while this prediction was running, so it did "
-                    "not finish. Run it again.",
-                    completed_at=now,
-                    total_time=(now - prediction.created_at).total_seconds(),
-                ):
-                    failed += 1
+            unfinished = store.unfinished(session)
+        for prediction in unfinished:
+            if prediction.status is Status.STARTING:
+                self._queue.submit(prediction.id)
+                requeued += 1
+            elif self._transitions.fail(
+                prediction.id,
+                "The server stopped while this prediction was running, so it did not "
+                "finish. Run it again.",
+            ):
+                failed += 1
         if requeued or failed:
             log.warning("recovery: %d predictions queued again, %d failed", requeued, failed)
         return requeued, failed

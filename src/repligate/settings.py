@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1)
     # Flushing logs is a database write; progress lines are batched at most this often.
     log_flush_interval: float = Field(default=0.5, ge=0.0)
+    # On SIGTERM, running predictions get this long to finish; then they are handed back
+    # to the queue and run again after the restart. Queued ones always stay queued.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     png_compress_level: int = Field(default=4, ge=0, le=9)
     # Loaded pipelines are kept while their weights fit in this many bytes (shared modules
     # counted once); least recently used first out. Default: 70% of the GPU's memory, or
@@ -64,14 +67,22 @@ class Settings(BaseSettings):
     )
 
     # Uploaded files (POST /v1/files; uploads.py). As Replicate: 100 MB, kept 24 hours.
+    # Their download links are signed with secret_key (below).
     files_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
     files_ttl_seconds: int = Field(default=24 * 3600, ge=1)
-    # Signs the files' download URLs. Unset: a random key kept in <data_dir>/files-signing.key
-    # (made on first use); set it when processes that do not share a data dir serve files.
-    files_signing_key: SecretStr | None = None
     # A data-URI file input longer than this (in characters) is stored as an uploaded file
     # when the prediction is created, and the prediction keeps that file's URL.
     inline_data_uri_max_bytes: int = Field(default=256 * 1024, ge=0)
+
+    # Web pages and output files (links.py, api/web.py, api/files.py). urls.web carries a
+    # link signed with the secret key; unset, one is generated into <data_dir>/secret.
+    # Several API processes on one database need the same key. Output files are sent
+    # private by default: a shared cache must not keep (and serve) someone's images.
+    secret_key: SecretStr | None = Field(default=None, min_length=16)
+    web_link_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    output_cache_control: str = Field(
+        default="private, max-age=3600", description="Cache-Control of output files"
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

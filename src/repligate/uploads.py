@@ -9,7 +9,8 @@ known as this server's own (``file_inputs.py``).
 
 The download link (``/v1/files/{id}/download?expiry=…&signature=…``) works without a key
 until the file expires: the signature is an HMAC-SHA256 of the id and the expiry under the
-server's signing key. ``urls.get`` and a download without a signature need the owner's key.
+server's secret (``links.load_secret``), tagged with its purpose so it passes for nothing
+else. ``urls.get`` and a download without a signature need the owner's key.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from repligate.clock import Clock
 from repligate.errors import FileTooLarge, InvalidRequest, NotFound
 from repligate.records import ApiKey, UploadedFile
 from repligate.settings import Settings
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # How many gone files' bytes one sweep removes at most (a sweep runs before each upload).
 _SWEEP_BATCH = 20
+# Keeps a download signature from passing for any other use of the same secret.
+_PURPOSE = b"repligate-file-download"
+# Unix seconds, ASCII digits only; a bounded length keeps int() cheap.
+_EXPIRY = re.compile(r"[0-9]{1,12}")
 
 
 def new_file_id() -> str:
@@ -52,10 +57,6 @@ def size_text(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor}{unit}"
     return f"{size} bytes"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -85,55 +86,23 @@ class _HashingReader:
         return chunk
 
 
-class SigningKey:
-    """The key for download links: given, or random and kept in a file made on first use
-    (mode 0600), so every process on one data dir signs alike."""
-
-    def __init__(self, *, given: bytes | None, path: Path) -> None:
-        self._value = given
-        self._path = path
-
-    def value(self) -> bytes:
-        if self._value is None:
-            self._value = self._load_or_make()
-        return self._value
-
-    def _load_or_make(self) -> bytes:
-        if not self._path.exists():
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            # Written aside, then linked into place: a process racing this one sees either
-            # no key file or a whole one, and the first link wins.
-            draft = self._path.with_name(f".{self._path.name}.{secrets.token_hex(8)}")
-            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_hex(32).encode())
-            try:
-                os.link(draft, self._path)
-            except FileExistsError:
-                pass
-            finally:
-                draft.unlink()
-        key = self._path.read_bytes().strip()
-        if not key:
-            raise RuntimeError(f"the signing key file {self._path} is empty")
-        return key
-
-
 class UploadService:
     def __init__(
         self,
         *,
         sessions: sessionmaker[Session],
         storage: Storage,
-        signing_key: SigningKey,
+        secret: bytes,
+        clock: Clock,
         max_bytes: int = 100 * 1024 * 1024,
         ttl: timedelta = timedelta(hours=24),
         page_size: int = 100,
-        clock: Callable[[], datetime] = _utcnow,
     ) -> None:
+        if len(secret) < 16:
+            raise ValueError("the signing secret must be at least 16 bytes")
         self._sessions = sessions
         self.storage = storage
-        self._signing_key = signing_key
+        self._secret = secret
         self.max_bytes = max_bytes
         self.ttl = ttl
         self._page_size = page_size
@@ -142,16 +111,18 @@ class UploadService:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, sessions: sessionmaker[Session], storage: Storage
+        cls,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        storage: Storage,
+        secret: bytes,
+        clock: Clock,
     ) -> UploadService:
-        given = settings.files_signing_key
         return cls(
             sessions=sessions,
             storage=storage,
-            signing_key=SigningKey(
-                given=given.get_secret_value().encode() if given else None,
-                path=settings.data_dir / "files-signing.key",
-            ),
+            secret=secret,
+            clock=clock,
             max_bytes=settings.files_max_bytes,
             ttl=timedelta(seconds=settings.files_ttl_seconds),
             page_size=settings.list_page_size,
@@ -178,7 +149,7 @@ class UploadService:
         storage_key = f"uploads/{file_id}-{secrets.token_urlsafe(18)}"
         reader = _HashingReader(source, self.max_bytes, self.too_large)
         self.storage.put_file(storage_key, reader, content_type)
-        now = self.clock()
+        now = self.clock.now()
         uploaded = UploadedFile(
             id=file_id,
             api_key_id=key.id,
@@ -220,7 +191,7 @@ class UploadService:
             rows = store.page(
                 session,
                 api_key_id=key.id,
-                now=self.clock(),
+                now=self.clock.now(),
                 limit=self._page_size + 1,
                 before=before,
             )
@@ -231,7 +202,7 @@ class UploadService:
     def delete(self, key: ApiKey, file_id: str) -> None:
         uploaded = self.get(key, file_id)
         with self._sessions() as session:
-            store.mark_deleted(session, uploaded.id, self.clock())
+            store.mark_deleted(session, uploaded.id, self.clock.now())
         self._remove_content(uploaded)
 
     def open(self, uploaded: UploadedFile) -> BinaryIO:
@@ -250,7 +221,7 @@ class UploadService:
 
     def by_signature(self, file_id: str, expiry: str, signature: str) -> UploadedFile:
         """The live file a download link names; NotFound for a wrong or stale link."""
-        if not expiry.isdigit() or int(expiry) <= self.clock().timestamp():
+        if not _EXPIRY.fullmatch(expiry) or int(expiry) <= self.clock.now().timestamp():
             raise NotFound()
         if not hmac.compare_digest(self._signature(file_id, int(expiry)), signature):
             raise NotFound()
@@ -262,13 +233,13 @@ class UploadService:
     def sweep(self, limit: int = _SWEEP_BATCH) -> int:
         """Remove the bytes of up to ``limit`` deleted or expired files; returns how many."""
         with self._sessions() as session:
-            due = store.due_for_removal(session, now=self.clock(), limit=limit)
+            due = store.due_for_removal(session, now=self.clock.now(), limit=limit)
         for uploaded in due:
             self._remove_content(uploaded)
         return len(due)
 
     def _live(self, uploaded: UploadedFile) -> UploadedFile:
-        if uploaded.gone(self.clock()):
+        if uploaded.gone(self.clock.now()):
             if not uploaded.content_removed:
                 self._remove_content(uploaded)
             raise NotFound()
@@ -280,8 +251,8 @@ class UploadService:
             store.mark_content_removed(session, uploaded.id)
 
     def _signature(self, file_id: str, expiry: int) -> str:
-        message = f"{file_id}:{expiry}".encode()
-        digest = hmac.new(self._signing_key.value(), message, hashlib.sha256).digest()
+        message = b"\n".join((_PURPOSE, file_id.encode(), str(expiry).encode()))
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
+from starlette.requests import ClientDisconnect
 
 from repligate.api.errors import BodyTooLarge, MalformedBody
 from repligate.records import ApiKey
@@ -41,18 +44,35 @@ ServiceDep = Annotated[PredictionService, Depends(service)]
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
+# A client such as urllib sends its whole body before it reads any reply. Refused
+# unread, the body meets a closed socket: the kernel answers with a reset, which also
+# discards the 413 already sent, and the client reports "connection reset" instead of
+# the 413. So the rest of an over-large body is read and dropped first, up to this many
+# times the limit and this many seconds; past either the connection is closed anyway.
+DRAIN_LIMIT_FACTOR = 4
+DRAIN_SECONDS = 30.0
+
+
 async def json_body(request: Request) -> Any:
     """The request body as JSON, read with a size cap (413) and parsed strictly (400)."""
     limit = container(request).settings.max_request_bytes
+    too_large = BodyTooLarge(f"The request body is larger than {limit} bytes.")
+    stream = request.stream()
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+        # A client waiting for "100 Continue" has sent nothing and now never will; one
+        # that declared more than the drain would take is not worth reading for.
+        waiting = request.headers.get("expect", "").lower() == "100-continue"
+        if not waiting and int(declared) <= limit * DRAIN_LIMIT_FACTOR:
+            await drain_body(stream, limit * DRAIN_LIMIT_FACTOR)
+        raise too_large
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in stream:
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge(f"The request body is larger than {limit} bytes.")
+            await drain_body(stream, limit * DRAIN_LIMIT_FACTOR - size)
+            raise too_large
         chunks.append(chunk)
     raw = b"".join(chunks)
     if not raw.strip():
@@ -65,6 +85,20 @@ async def json_body(request: Request) -> Any:
         # A body like "[[[[..." a few kB long exhausts the parser's stack: a user's
         # mistake (or an attack), not a server fault.
         raise MalformedBody("The request body nests JSON too deeply.") from exc
+
+
+async def drain_body(stream: AsyncIterator[bytes], budget: int) -> None:
+    """Read and drop the rest of a refused body: at most ``budget`` bytes, for at most
+    DRAIN_SECONDS. The 413 that follows closes the connection (api/errors.py)."""
+    drained = 0
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in stream:
+                drained += len(chunk)
+                if drained > budget:
+                    return
+    except (TimeoutError, ClientDisconnect):
+        return
 
 
 def _reject_constant(name: str) -> Any:

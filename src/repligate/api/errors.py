@@ -53,7 +53,13 @@ def problem(status: int, detail: str, title: str | None = None, **extra: Any) ->
     body["detail"] = detail
     body["status"] = status
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif status == 413:
+        # What is left of the refused body is not read (api/deps.py drains only so much):
+        # the connection cannot carry another request.
+        headers = {"Connection": "close"}
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
     )

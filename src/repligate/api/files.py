@@ -1,22 +1,40 @@
-"""Output files from local storage. No key needed: like Replicate's delivery URLs, the
-path holds the prediction's unguessable id (128 random bits)."""
+"""Output files from storage, whichever backend holds them (``Storage.open``). No key
+needed: like Replicate's delivery URLs, the path holds the prediction's unguessable id
+(128 random bits)."""
 
 from __future__ import annotations
 
+import mimetypes
+import os
+from collections.abc import Iterator
+from typing import BinaryIO
+
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from repligate.api.deps import container
 from repligate.errors import NotFound
-from repligate.storage.local import LocalStorage
 
 router = APIRouter()
 
+_CHUNK = 256 * 1024
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    with stream:
+        while chunk := stream.read(_CHUNK):
+            yield chunk
+
 
 @router.get("/files/{key:path}")
-def get_file(key: str, request: Request) -> FileResponse:
-    storage = container(request).storage
-    path = storage.path(key) if isinstance(storage, LocalStorage) else None
-    if path is None:
-        raise NotFound()
-    return FileResponse(path, headers={"Cache-Control": "public, max-age=3600"})
+def get_file(key: str, request: Request) -> StreamingResponse:
+    try:
+        stream = container(request).storage.open(key)
+    except FileNotFoundError:
+        raise NotFound() from None
+    headers = {"Cache-Control": container(request).settings.output_cache_control}
+    if stream.seekable():
+        headers["Content-Length"] = str(stream.seek(0, os.SEEK_END))
+        stream.seek(0)
+    media_type = mimetypes.guess_type(key)[0] or "application/octet-stream"
+    return StreamingResponse(_chunks(stream), media_type=media_type, headers=headers)

@@ -64,6 +64,7 @@ def _respond(request: Request, prediction: Prediction, status_code: int, **kw: A
         storage=storage,
         base_url=base_url(request),
         api_prefix=api_prefix(request),
+        links=container(request).links,
         **kw,
     )
     return JSONResponse(body, status_code=status_code)
@@ -151,7 +152,7 @@ def list_predictions(
         created_after=_timestamp("created_after", created_after),
         created_before=_timestamp("created_before", created_before),
     )
-    storage = container(request).storage
+    storage, links = container(request).storage, container(request).links
     base, prefix = base_url(request), api_prefix(request)
 
     def page_url(page_cursor: str | None) -> str | None:
@@ -164,7 +165,7 @@ def list_predictions(
         "next": page_url(page.next_cursor),
         "previous": page_url(page.previous_cursor),
         "results": [
-            prediction_out(p, storage=storage, base_url=base, api_prefix=prefix)
+            prediction_out(p, storage=storage, base_url=base, api_prefix=prefix, links=links)
             for p in page.results
         ],
     }

@@ -21,7 +21,15 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from repligate.api.deps import CurrentKey, api_prefix, base_url, container, current_key
+from repligate.api.deps import (
+    DRAIN_LIMIT_FACTOR,
+    CurrentKey,
+    api_prefix,
+    base_url,
+    container,
+    current_key,
+    drain_body,
+)
 from repligate.api.errors import MalformedBody
 from repligate.api.wire import timestamp
 from repligate.errors import FileTooLarge, InvalidRequest
@@ -68,10 +76,13 @@ def file_out(request: Request, uploads: UploadService, uploaded: UploadedFile) -
 async def _capped(
     stream: AsyncIterator[bytes], limit: int, message: str
 ) -> AsyncGenerator[bytes, None]:
+    """The body, refused as soon as it passes ``limit`` (the rest read and dropped, within
+    bounds, so the client gets the 413 rather than a reset)."""
     total = 0
     async for chunk in stream:
         total += len(chunk)
         if total > limit:
+            await drain_body(stream, limit * DRAIN_LIMIT_FACTOR - total)
             raise FileTooLarge(message)
         yield chunk
 
@@ -107,6 +118,9 @@ async def create_file(request: Request, key: CurrentKey, uploads: UploadsDep) ->
     limit = uploads.max_bytes + _FORM_OVERHEAD
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
+        waiting = request.headers.get("expect", "").lower() == "100-continue"
+        if not waiting and int(declared) <= limit * DRAIN_LIMIT_FACTOR:
+            await drain_body(request.stream(), limit * DRAIN_LIMIT_FACTOR)
         raise FileTooLarge(uploads.too_large)
     parser = MultiPartParser(
         request.headers,

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from repligate.errors import InvalidField, InvalidInput
 from repligate.lifecycle import Status
+from repligate.links import WebLinks
 from repligate.models.spec import ModelSpec
 from repligate.records import Prediction
 from repligate.storage.base import Storage, resolve_output
@@ -54,11 +55,13 @@ def parse_body(model: type[B], body: Any) -> B:
             if error["type"] == "missing":
                 problems.append(InvalidField("required", "", f"{name} is required"))
             elif error["type"] == "extra_forbidden":
+                # Replicate leaves `field` empty here; naming it lets a client point at it.
+                allowed = ", ".join(sorted(model.model_fields))
                 problems.append(
                     InvalidField(
                         "additional_property_not_allowed",
-                        "",
-                        f"Additional property {name} is not allowed",
+                        name,
+                        f"Additional property {name} is not allowed (the body takes {allowed})",
                     )
                 )
             else:
@@ -84,6 +87,7 @@ def prediction_out(
     storage: Storage,
     base_url: str,
     api_prefix: str,
+    links: WebLinks,
     shown_status: Status | None = None,
 ) -> dict[str, Any]:
     """The prediction object. ``shown_status`` lets a timed-out sync reply say `starting`,
@@ -120,7 +124,8 @@ def prediction_out(
         "urls": {
             "get": get_url,
             "cancel": f"{get_url}/cancel",
-            "web": f"{base_url}/p/{prediction.id}",
+            # Signed: only the owner sees this answer, and the page shows the inputs.
+            "web": links.signed_url(base_url, prediction.id),
         },
         "metrics": metrics,
         "webhook": prediction.webhook,

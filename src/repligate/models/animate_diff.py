@@ -1,6 +1,6 @@
 """lucataco/animate-diff: schema and input validation; no runner yet."""
 
-from repligate.models.spec import ModelSpec
+from repligate.models.spec import DIFFUSERS, ModelSpec
 
 MODEL = ModelSpec(
     owner="lucataco",
@@ -8,5 +8,6 @@ MODEL = ModelSpec(
     version="beecf59c4aee8d81bf04f0381033dfa10dc16e845b4ae00d281e2fa377e48a9f",
     version_created_at="2023-09-24T00:00:00Z",
     description="Animate Your Personalized Text-to-Image Diffusion Models",
+    requires=DIFFUSERS,
     default_weights="runwayml/stable-diffusion-v1-5",
 )

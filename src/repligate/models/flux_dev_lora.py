@@ -1,6 +1,6 @@
 """lucataco/flux-dev-lora: schema and input validation; no runner yet."""
 
-from repligate.models.spec import ModelSpec
+from repligate.models.spec import DIFFUSERS_WITH_PEFT, ModelSpec
 
 MODEL = ModelSpec(
     owner="lucataco",
@@ -8,5 +8,6 @@ MODEL = ModelSpec(
     version="091495765fa5ef2725a175a57b276ec30dc9d39c22d30410f2ede68a3eab66b3",
     version_created_at="2024-10-11T00:00:00Z",
     description="FLUX.1-Dev LoRA Explorer",
+    requires=DIFFUSERS_WITH_PEFT,
     default_weights="black-forest-labs/FLUX.1-dev",
 )

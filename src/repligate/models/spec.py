@@ -1,4 +1,5 @@
-"""What one model module declares: identity, version, schema, weights and runner."""
+"""What one model module declares: identity, version, schema, requirements, weights and
+runner."""
 
 from __future__ import annotations
 
@@ -15,6 +16,26 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Requirements:
+    """What a model's local runner imports, and what a user installs to get it. Checked
+    by name only (importlib's find_spec): nothing is imported to check."""
+
+    modules: tuple[str, ...]
+    install: str
+
+
+_LOCAL_EXTRA = (
+    "install repligate with its `local` extra (pip install 'repligate[local]', or make install)"
+)
+# The diffusers runners (runners/stable_diffusion.py, runners/sdxl.py).
+DIFFUSERS = Requirements(("torch", "diffusers", "transformers"), _LOCAL_EXTRA)
+# FLUX LoRAs load through peft (diffusers' load_lora_weights).
+DIFFUSERS_WITH_PEFT = Requirements((*DIFFUSERS.modules, "peft"), _LOCAL_EXTRA)
+# ONNX models run on onnxruntime alone: no torch.
+ONNX = Requirements(("onnxruntime",), "pip install onnxruntime")
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     owner: str
     name: str
@@ -22,6 +43,9 @@ class ModelSpec:
     # The day Replicate published this version (research notes; the hour is not known).
     version_created_at: str
     description: str
+    # What its local runner needs installed; without it the model is refused at create,
+    # naming what to install (providers/local.py).
+    requires: Requirements
     # The Hugging Face repo the runner loads when no local weights directory exists.
     default_weights: str | None = None
     # Builds the runner for this model on this server; None = no local runner yet.

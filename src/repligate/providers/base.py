@@ -16,3 +16,7 @@ class Provider(Protocol):
     def run(self, spec: ModelSpec, inputs: dict[str, Any], ctx: RunContext) -> Any:
         """Run one prediction; the output in its JSON shape with OutputFile values."""
         ...
+
+    def loaded(self) -> list[str]:
+        """The models (``owner/name``) whose weights are in memory now."""
+        ...

@@ -1,4 +1,7 @@
-"""Runs models in this process with their local runners (diffusers, onnxruntime)."""
+"""Runs models in this process with their local runners (diffusers, onnxruntime).
+
+A model is refused at create when its runner's own requirements (``ModelSpec.requires``)
+are not installed: an ONNX model does not need torch, a relay-only install has neither."""
 
 from __future__ import annotations
 
@@ -9,9 +12,6 @@ from typing import Any
 from repligate.models.spec import ModelSpec
 from repligate.runners.base import RunContext, Runner, RunnerEnv
 
-# What every local runner imports; without them (a relay-only install) none can run.
-_ML_STACK = ("torch", "diffusers", "transformers")
-
 
 class LocalProvider:
     def __init__(self, env_factory: Any) -> None:
@@ -21,7 +21,7 @@ class LocalProvider:
         self._env: RunnerEnv | None = None
         self._runners: dict[str, Runner] = {}
         self._refs: dict[str, str] = {}
-        self._missing: list[str] | None = None
+        self._found: dict[str, bool] = {}
         self._lock = threading.Lock()
 
     def unavailable(self, spec: ModelSpec) -> str | None:
@@ -30,20 +30,20 @@ class LocalProvider:
                 f"{spec.ref} is known to this server and its input is valid, but this "
                 "server has no runner for it yet."
             )
-        missing = self._missing_ml_stack()
+        missing = [name for name in spec.requires.modules if not self._installed(name)]
         if missing:
             return (
-                f"{spec.ref} runs locally with the ML stack, and this install lacks "
-                f"{', '.join(missing)}: install repligate with its `local` extra "
-                "(pip install 'repligate[local]', or make install)."
+                f"{spec.ref} runs locally with {', '.join(spec.requires.modules)}, and this "
+                f"install lacks {', '.join(missing)}: {spec.requires.install}."
             )
         return None
 
-    def _missing_ml_stack(self) -> list[str]:
-        # Looked up once: what is installed does not change while the server runs.
-        if self._missing is None:
-            self._missing = [n for n in _ML_STACK if importlib.util.find_spec(n) is None]
-        return self._missing
+    def _installed(self, module: str) -> bool:
+        # Looked up once per module: what is installed does not change while the server
+        # runs. By name only: importing torch to check would cost seconds.
+        if module not in self._found:
+            self._found[module] = importlib.util.find_spec(module) is not None
+        return self._found[module]
 
     def env(self) -> RunnerEnv:
         with self._lock:

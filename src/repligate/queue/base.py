@@ -19,20 +19,33 @@ class Queue(Protocol):
 
 
 class CancelFlags:
-    """Thread-safe set of prediction ids whose cancel was asked for in this process."""
+    """Thread-safe flags a worker checks between steps: the ids whose cancel was asked
+    for in this process, and those to hand back to the queue because the server stops."""
 
     def __init__(self) -> None:
         self._ids: set[str] = set()
+        self._handed_back: set[str] = set()
         self._lock = threading.Lock()
 
     def set(self, prediction_id: str) -> None:
         with self._lock:
             self._ids.add(prediction_id)
 
+    def hand_back(self, prediction_id: str) -> None:
+        """Stop at the next step, and queue the prediction again instead of ending it."""
+        with self._lock:
+            self._ids.add(prediction_id)
+            self._handed_back.add(prediction_id)
+
     def is_set(self, prediction_id: str) -> bool:
         with self._lock:
             return prediction_id in self._ids
 
+    def is_handed_back(self, prediction_id: str) -> bool:
+        with self._lock:
+            return prediction_id in self._handed_back
+
     def clear(self, prediction_id: str) -> None:
         with self._lock:
             self._ids.discard(prediction_id)
+            self._handed_back.discard(prediction_id)

@@ -5,26 +5,58 @@ under ``max_bytes``, counting a module once however many pipelines share it (SD 
 txt2img and img2img, SDXL's base and refiner). Past the cap the least recently used go
 first; the newest always stays, whatever its size. A count cap would either thrash (five
 SD-family pipelines, four places) or overfill a GPU with a few large ones.
+
+What is not torch (an onnxruntime InferenceSession, ...) cannot be measured from outside:
+it declares its size (``DeclaresBytes``; ``SizedValue`` wraps a value that cannot), e.g. the
+size of the model file it was loaded from. A value that is neither counts as nothing.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
 
 
-def _modules(value: Any) -> Iterator[Any]:
-    """The torch modules of a pipeline (its components), or the value itself if a module."""
-    import torch
+@runtime_checkable
+class DeclaresBytes(Protocol):
+    """A cache entry that says how many bytes of memory it holds."""
 
+    @property
+    def memory_bytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class SizedValue(Generic[T]):
+    """A value with the bytes it holds, declared by whoever loaded it: for what cannot
+    carry an attribute of its own. ``cache.get(key, lambda: SizedValue(session, n)).value``."""
+
+    value: T
+    memory_bytes: int
+
+
+def _parts(value: Any) -> Iterator[tuple[int, Callable[[], int]]]:
+    """What ``value`` holds, each part once by identity, with how to measure it: the value
+    itself if it declares its bytes, else its torch modules (or itself, if a module)."""
+    if isinstance(value, DeclaresBytes):
+        yield id(value), lambda: value.memory_bytes
+        return
+    # Not imported: then nothing here is a torch module (and torch may not be installed).
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
     if isinstance(value, torch.nn.Module):
-        yield value
+        yield id(value), functools.partial(module_bytes, value)
         return
     for component in getattr(value, "components", {}).values():
         if isinstance(component, torch.nn.Module):
-            yield component
+            yield id(component), functools.partial(module_bytes, component)
 
 
 def module_bytes(module: Any) -> int:
@@ -40,7 +72,7 @@ class PipelineCache:
         # Called after an eviction, e.g. to hand freed GPU memory back to the driver.
         self._release = release
         self._entries: OrderedDict[str, Any] = OrderedDict()
-        self._sizes: dict[int, int] = {}  # id(module) -> bytes, for modules held now
+        self._sizes: dict[int, int] = {}  # id(part) -> bytes, for the parts held now
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
@@ -71,10 +103,9 @@ class PipelineCache:
     def _held_bytes(self) -> int:
         held: dict[int, int] = {}
         for value in self._entries.values():
-            for module in _modules(value):
-                key = id(module)
+            for key, measure in _parts(value):
                 if key not in held:
-                    held[key] = self._sizes.get(key) or module_bytes(module)
+                    held[key] = self._sizes.get(key) or measure()
         self._sizes = held
         return sum(held.values())
 

@@ -1,10 +1,12 @@
-"""Seeds and step callbacks shared by the diffusion runners."""
+"""Seeds, step callbacks and step counts shared by the diffusion runners."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
+from repligate.errors import InvalidField
 from repligate.events import Canceled, Log, Progress
 from repligate.runners.base import RunContext
 
@@ -35,3 +37,44 @@ def step_callback(ctx: RunContext) -> Any:
         return kwargs
 
     return on_step_end
+
+
+def steps_that_run(steps: int, strength: float) -> int:
+    """Of ``steps``, how many an img2img-style pass runs at ``strength`` (diffusers'
+    get_timesteps). None is a failure deep in the pipeline, so models refuse it at create."""
+    return min(int(steps * strength), steps)
+
+
+def too_few_steps(
+    steps: int,
+    strength: float,
+    *,
+    steps_field: str,
+    strength_field: str | None,
+    when: str,
+) -> InvalidField | None:
+    """The problem if a pass of ``steps`` at ``strength`` runs no step, naming the input to
+    change and the values that work; ``strength_field`` is None for a fixed strength."""
+    if steps_that_run(steps, strength) >= 1:
+        return None
+    if strength <= 0:
+        if strength_field is None:
+            raise ValueError("a fixed strength must be positive")
+        return InvalidField(
+            "number_gt",
+            f"input.{strength_field}",
+            f"{when}, a {strength_field} of {strength} runs no denoising step: use more than 0",
+        )
+    fewest = max(1, math.floor(1 / strength))
+    while steps_that_run(fewest, strength) < 1:
+        fewest += 1
+    factor = strength_field or strength
+    advice = f"use {steps_field} of at least {fewest}"
+    if strength_field:
+        advice += f", or a larger {strength_field}"
+    return InvalidField(
+        "number_gte",
+        f"input.{steps_field}",
+        f"{when}, only {steps_field} x {factor} of the steps run, and {steps} x {strength} "
+        f"runs none: {advice}",
+    )

@@ -33,13 +33,16 @@ from repligate.events import Log
 from repligate.runners import lora, safety, sampling, schedulers
 from repligate.runners.base import RunContext, RunnerEnv
 from repligate.runners.sdxl_weights import ModuleUse, TrainedWeights, TrainedWeightsError
-from repligate.runners.weights import WeightsUnavailable
+from repligate.runners.weights import about_files
 
 if TYPE_CHECKING:
     from repligate.models.spec import ModelSpec
 
 REFINER_REPO = "stabilityai/stable-diffusion-xl-refiner-1.0"
 REFINER_SUBDIR = "refiner"
+# base_image_refiner's img2img strength: diffusers' default, which the original keeps. Of N
+# steps only int(N * strength) run, so fewer than 4 run none (models/sdxl.py refuses them).
+REFINER_STRENGTH = 0.3
 
 
 class StableDiffusionXLRunner:
@@ -86,12 +89,16 @@ class StableDiffusionXLRunner:
                     add_watermarker=False,
                 )
             except Exception as exc:
-                raise WeightsUnavailable(
-                    f"The SDXL refiner is not available (loading {source!r} failed: "
-                    f"{type(exc).__name__}: {exc}). Put it in save_pretrained layout in "
-                    f"{REFINER_SUBDIR}/ of the model's weights directory, or make the "
-                    f"Hugging Face hub reachable for {REFINER_REPO!r}."
-                ) from exc
+                if not about_files(exc):
+                    raise
+                raise self.env.weights.failed(
+                    self.spec,
+                    exc,
+                    source,
+                    REFINER_REPO if source == REFINER_REPO else None,
+                    what="The weights of the SDXL refiner",
+                    subdir=REFINER_SUBDIR,
+                ) from None
             return pipe.to(self.env.device.name)
 
         refiner = self.env.pipelines.get(key, load)
@@ -223,8 +230,10 @@ class StableDiffusionXLRunner:
         refine_call: dict[str, Any] = {"image": output.images}
         if refine == "expert_ensemble_refiner":
             refine_call["denoising_start"] = inputs["high_noise_frac"]
-        elif inputs.get("refine_steps"):
-            common["num_inference_steps"] = inputs["refine_steps"]
+        else:
+            refine_call["strength"] = REFINER_STRENGTH
+            if inputs.get("refine_steps"):
+                common["num_inference_steps"] = inputs["refine_steps"]
         # The refiner keeps its own scheduler kind (the original never swaps it), fresh
         # per call because a scheduler holds per-call state.
         refiner_pipe = type(refiner)(

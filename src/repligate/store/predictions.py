@@ -102,35 +102,72 @@ def page(
     return [_record(r) for r in session.scalars(query.limit(limit))]
 
 
-def move(session: Session, prediction_id: str, new: Status, **fields: Any) -> bool:
+def _clean_text(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
+
+
+def _clean(fields: dict[str, Any]) -> dict[str, Any]:
+    """Text a model or its input put into logs or error may hold NUL, which PostgreSQL's
+    text cannot store: it becomes U+FFFD, so no input can break a write."""
+    for name in ("logs", "error"):
+        if isinstance(fields.get(name), str):
+            fields[name] = _clean_text(fields[name])
+    return fields
+
+
+def _update_returning(
+    session: Session, prediction_id: str, condition: Any, values: dict[str, Any]
+) -> Prediction | None:
+    """One ``UPDATE ... WHERE id AND condition RETURNING *``: the compare-and-set and the
+    read of the prediction as it now stands, in one statement."""
+    statement = (
+        update(PredictionRow)
+        .where(PredictionRow.id == prediction_id, condition)
+        .values(**_clean(values))
+        .returning(PredictionRow)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    row = session.scalars(statement).one_or_none()
+    session.commit()
+    return _record(row) if row is not None else None
+
+
+def move(
+    session: Session,
+    prediction_id: str,
+    new: Status,
+    *,
+    expected: Status | None = None,
+    **fields: Any,
+) -> Prediction | None:
     """Apply a status change if the lifecycle allows it from the current status.
 
     A compare-and-set: of two racing writers (a cancel and a finishing worker) exactly
-    one wins, and a terminal status is never overwritten. Returns whether it applied.
+    one wins, and a terminal status is never overwritten. With ``expected`` the row must
+    still be in that status (the caller computed ``fields`` from it). Returns the
+    prediction as it now stands, or None when the move did not apply.
     """
-    sources = [s.value for s in lifecycle.sources_of(new)]
-    result = session.execute(
-        update(PredictionRow)
-        .where(PredictionRow.id == prediction_id, PredictionRow.status.in_(sources))
-        .values(status=new.value, **fields)
-    )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    if expected is not None:
+        lifecycle.check(expected, new)
+        condition = PredictionRow.status == expected.value
+    else:
+        condition = PredictionRow.status.in_([s.value for s in lifecycle.sources_of(new)])
+    return _update_returning(session, prediction_id, condition, {"status": new.value, **fields})
 
 
-def append_logs(session: Session, prediction_id: str, text: str) -> bool:
-    """Add to the logs of a running prediction. Returns False when it is no longer
-    running (canceled by another request or process): the worker's cue to stop."""
-    result = session.execute(
-        update(PredictionRow)
-        .where(
-            PredictionRow.id == prediction_id,
-            PredictionRow.status == Status.PROCESSING.value,
-        )
-        .values(logs=PredictionRow.logs + text)
+def append_logs(session: Session, prediction_id: str, text: str) -> Prediction | None:
+    """Add to the logs of a running prediction. None when it is no longer running
+    (canceled by another request or process): the worker's cue to stop."""
+    running = PredictionRow.status == Status.PROCESSING.value
+    return _update_returning(
+        session, prediction_id, running, {"logs": PredictionRow.logs + _clean_text(text)}
     )
-    session.commit()
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def set_output(session: Session, prediction_id: str, output: Any) -> Prediction | None:
+    """Replace the output of a running prediction (it grows while it runs)."""
+    running = PredictionRow.status == Status.PROCESSING.value
+    return _update_returning(session, prediction_id, running, {"output": output})
 
 
 def unfinished(session: Session) -> list[Prediction]:

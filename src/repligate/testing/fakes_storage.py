@@ -4,7 +4,7 @@
     ref = storage.put("predictions/p1/out-0.png", b"...", "image/png")
     storage.open("predictions/p1/out-0.png").read()
 
-Thread-safe (workers write while requests read). ``content_type(key)`` and ``keys()`` let a
+Thread-safe (workers write while requests read). ``content_type(key)`` and ``list_keys()`` let a
 test check what was written.
 """
 
@@ -49,6 +49,6 @@ class InMemoryStorage:
             found = self._objects.get(key)
         return found[1] if found else None
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         with self._lock:
             return sorted(self._objects)

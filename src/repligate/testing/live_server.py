@@ -91,6 +91,8 @@ class LiveServer:
         raise LiveServerError(f"no answer from {self.url}/health within {timeout} s")
 
     def stop(self, timeout: float = 60.0) -> None:
+        # As `repligate serve` does on SIGTERM (serving.py): waiting requests answer now.
+        self.container.service.stop_waiting()
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join(timeout)

@@ -1,0 +1,24 @@
+"""The uvicorn server that ``repligate serve`` runs.
+
+On SIGTERM or Ctrl-C, uvicorn first waits for open connections to close, and only then
+runs the app's shutdown (where the workers get their grace period). A ``Prefer: wait``
+request could hold that first phase for a minute, so on the signal every waiting request
+answers at once with the prediction as it stands; the client then polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import FrameType
+
+import uvicorn
+
+
+class Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_exit()
+        super().handle_exit(sig, frame)

@@ -1,0 +1,165 @@
+"""The one place where a prediction changes: status moves, log flushes, output updates.
+
+Each method does the compare-and-set in the store, then publishes one typed event on the
+bus with the prediction as it now stands. A method returns that prediction, or None when
+the write did not apply (the prediction had moved on: canceled elsewhere, finished, or
+claimed by another worker). Nothing else in the code base writes a prediction after it
+is inserted.
+
+Ordering: the write and its publish happen under a lock per prediction (striped), so
+one prediction's events reach subscribers in the order of its writes, whichever
+threads race (a worker flushing logs, a request canceling it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from repligate import lifecycle
+from repligate.bus import EventBus, EventKind, PredictionEvent
+from repligate.clock import Clock
+from repligate.lifecycle import Status
+from repligate.records import Prediction
+from repligate.store import predictions as store
+
+log = logging.getLogger(__name__)
+
+_STRIPES = 64
+# How often a move retries when another writer changed the status between its read and
+# its compare-and-set (the move is then re-checked against the new status).
+_CAS_ATTEMPTS = 5
+
+RECORDING_FAILED = (
+    "The prediction finished, but its result could not be recorded ({reason}). Run it again."
+)
+
+
+class Transitions:
+    def __init__(self, sessions: sessionmaker[Session], bus: EventBus, clock: Clock) -> None:
+        self._sessions = sessions
+        self._bus = bus
+        self._clock = clock
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+
+    def _lock(self, prediction_id: str) -> threading.Lock:
+        return self._locks[zlib.crc32(prediction_id.encode()) % _STRIPES]
+
+    def _publish(self, kind: EventKind, prediction: Prediction | None) -> Prediction | None:
+        if prediction is not None:
+            self._bus.publish(PredictionEvent(kind, prediction))
+        return prediction
+
+    # -- status moves ------------------------------------------------------------------
+
+    def start(self, prediction_id: str) -> Prediction | None:
+        """A worker claims a queued prediction: only one claim wins, and a prediction
+        canceled while queued stays canceled."""
+        with self._lock(prediction_id), self._sessions() as session:
+            claimed = store.move(
+                session,
+                prediction_id,
+                Status.PROCESSING,
+                expected=Status.STARTING,
+                started_at=self._clock.now(),
+            )
+            return self._publish(EventKind.STARTED, claimed)
+
+    def finish(
+        self,
+        prediction_id: str,
+        status: Status,
+        *,
+        error: str | None = None,
+        output: Any = None,
+        keep_output: bool = False,
+        logs: str | None = None,
+    ) -> Prediction | None:
+        """Move to a terminal status; ``completed`` is published once, by the winner.
+
+        ``keep_output`` leaves the output the prediction already has (a canceled or failed
+        prediction keeps what it produced). If the write itself fails (a database error),
+        a minimal failed write still ends the prediction, so none is left running.
+        """
+        if not status.is_terminal:
+            raise lifecycle.InvalidTransition(f"{status} is not a terminal status")
+        fields: dict[str, Any] = {"error": error}
+        if not keep_output:
+            fields["output"] = output
+        if logs is not None:
+            fields["logs"] = logs
+        try:
+            return self._move(prediction_id, status, fields)
+        except Exception as exc:
+            if status is Status.FAILED and set(fields) == {"error"}:
+                raise
+            log.exception("recording the result of %s failed; failing it instead", prediction_id)
+            reason = type(exc).__name__
+            return self._move(
+                prediction_id, Status.FAILED, {"error": RECORDING_FAILED.format(reason=reason)}
+            )
+
+    def cancel(self, prediction_id: str) -> Prediction | None:
+        return self.finish(prediction_id, Status.CANCELED, keep_output=True)
+
+    def fail(self, prediction_id: str, error: str) -> Prediction | None:
+        return self.finish(prediction_id, Status.FAILED, error=error, keep_output=True)
+
+    def hand_back(self, prediction_id: str, note: str) -> Prediction | None:
+        """A worker that is stopping returns its running prediction to the queue: it
+        will run again from the start, so its partial output is dropped."""
+        with self._lock(prediction_id), self._sessions() as session:
+            current = store.get(session, prediction_id)
+            if current is None or current.status is not Status.PROCESSING:
+                return None
+            return store.move(
+                session,
+                prediction_id,
+                Status.STARTING,
+                expected=Status.PROCESSING,
+                started_at=None,
+                output=None,
+                logs=current.logs + note + "\n",
+            )
+
+    def _move(
+        self, prediction_id: str, status: Status, fields: dict[str, Any]
+    ) -> Prediction | None:
+        with self._lock(prediction_id), self._sessions() as session:
+            for _ in range(_CAS_ATTEMPTS):
+                current = store.get(session, prediction_id)
+                if current is None or not lifecycle.can_move(current.status, status):
+                    return None
+                now = self._clock.now()
+                moved = store.move(
+                    session,
+                    prediction_id,
+                    status,
+                    expected=current.status,
+                    completed_at=now,
+                    total_time=_seconds(current.created_at, now),
+                    predict_time=_seconds(current.started_at, now),
+                    **fields,
+                )
+                if moved is not None:
+                    return self._publish(EventKind.COMPLETED, moved)
+            return None
+
+    # -- while it runs ---------------------------------------------------------------
+
+    def append_logs(self, prediction_id: str, text: str) -> Prediction | None:
+        with self._lock(prediction_id), self._sessions() as session:
+            return self._publish(EventKind.LOGS, store.append_logs(session, prediction_id, text))
+
+    def set_output(self, prediction_id: str, output: Any) -> Prediction | None:
+        with self._lock(prediction_id), self._sessions() as session:
+            return self._publish(EventKind.OUTPUT, store.set_output(session, prediction_id, output))
+
+
+def _seconds(start: datetime | None, end: datetime) -> float | None:
+    return (end - start).total_seconds() if start is not None else None
