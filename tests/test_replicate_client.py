@@ -215,6 +215,21 @@ def test_another_keys_upload_as_input_raises_a_clear_error(
     )
 
 
+def test_an_upload_over_the_cap_raises_replicate_error_413(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "data", weights_dir=tiny_weights, files_max_bytes=1000)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 200_000)
+    with LiveServer(create_app(settings)) as server:
+        client = make_client(server, server.make_token())
+        with pytest.raises(ReplicateError) as caught:
+            client.files.create(big)
+        assert caught.value.status == 413
+        assert caught.value.detail == "Files must be less than 1000 bytes in size."
+        assert client.files.list() == []
+
+
 def test_models_get_and_versions_get(live: LiveServer, live_token: str) -> None:
     client = make_client(live, live_token)
     model = client.models.get(SD_MODEL)
