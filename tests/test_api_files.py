@@ -289,3 +289,13 @@ def test_a_short_ttl_setting_sets_expires_at(settings: Settings) -> None:
         auth = {"Authorization": f"Bearer {make_token(short)}"}
         body = uploaded(short, auth)
         assert at(body["expires_at"]) - at(body["created_at"]) == timedelta(seconds=60)
+
+
+def test_an_upload_is_not_served_by_the_public_output_route(
+    client: TestClient, auth: dict[str, str]
+) -> None:
+    """Even whoever learns an upload's storage key gets nothing from /files/."""
+    uploaded(client, auth, data=PAYLOAD)
+    (path,) = stored_uploads(client)
+    assert path.read_bytes() == PAYLOAD
+    assert_problem(client.get(f"/files/uploads/{path.name}"), 404)

@@ -31,6 +31,7 @@ import httpcore
 import httpx
 
 from repligate import datauri, netguard
+from repligate.errors import PredictionFailure
 from repligate.netguard import AddressPolicy, TimeUp
 from repligate.sniff import content_type_of
 
@@ -50,7 +51,7 @@ _CHUNK = 64 * 1024
 _USER_AGENT = "repligate (file input fetcher)"
 
 
-class FetchRefused(Exception):
+class FetchRefused(PredictionFailure):
     """A file input could not be used; the message names the input and why."""
 
 

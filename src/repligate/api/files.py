@@ -18,6 +18,7 @@ from repligate.errors import NotFound
 router = APIRouter()
 
 _CHUNK = 256 * 1024
+OUTPUTS_PREFIX = "predictions/"
 
 
 def _chunks(stream: BinaryIO) -> Iterator[bytes]:
@@ -28,6 +29,9 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 
 @router.get("/files/{key:path}")
 def get_file(key: str, request: Request) -> StreamingResponse:
+    # Only outputs are public here; uploads are served by the files API, to their owner.
+    if not key.startswith(OUTPUTS_PREFIX):
+        raise NotFound()
     try:
         stream = container(request).storage.open(key)
     except FileNotFoundError:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from repligate.errors import PredictionFailure
 from repligate.events import Log, OutputFile
 from repligate.storage import encode
 
@@ -57,7 +58,7 @@ BLACKENED_WARNING = (
 )
 
 
-class NSFWContentDetected(Exception):
+class NSFWContentDetected(PredictionFailure):
     """Every image of a prediction was flagged; the prediction fails with NSFW_ERROR."""
 
     def __init__(self) -> None:

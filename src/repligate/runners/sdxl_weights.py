@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repligate.errors import PredictionFailure
 from repligate.fetch import Fetcher
 
 FIELD = "replicate_weights"
 
 
-class TrainedWeightsError(ValueError):
+class TrainedWeightsError(PredictionFailure, ValueError):
     """The trained weights could not be used; the message says why (fails the prediction)."""
 
 
