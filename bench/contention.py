@@ -138,7 +138,7 @@ class Neighbour:
     def __enter__(self) -> Neighbour:
         code = BUSY_LOOP.format(seconds=self.bound)
         self.process = subprocess.Popen([sys.executable, "-c", code])
-        time.sleep(0.3)  # let it start spinning
+        time.sleep(0.5)  # running before the block starts, as a real neighbour would be
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,30 +148,33 @@ class Neighbour:
 
 
 class Worker:
-    def __init__(self, setting: Setting, weights: Path, size: int, steps: int) -> None:
+    def __init__(self, setting: Setting, weights: Path, size: int, steps: int, log: Path) -> None:
         self.setting = setting
+        self.log = log
         env = {**os.environ, **setting.env, "HF_HUB_OFFLINE": "1"}
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, __file__, "--worker", "--weights", str(weights)),
-                *("--size", str(size), "--steps", str(steps), *setting.args),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
+        with log.open("w") as stderr:
+            self.process = subprocess.Popen(
+                [
+                    *(sys.executable, __file__, "--worker", "--weights", str(weights)),
+                    *("--size", str(size), "--steps", str(steps), *setting.args),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                text=True,
+            )
         self.idle: list[float] = []
         self.busy: list[float] = []
-        self.busy_threads: list[int] = []
+        self.threads: tuple[int, int] = (0, 0)  # torch's count after an idle, a busy block
 
     def wait_ready(self) -> None:
         assert self.process.stdout is not None
         line = self.process.stdout.readline()
         if line.strip() != "ready":
-            raise SystemExit(f"{self.setting.label}: worker did not start")
+            tail = self.log.read_text().splitlines()[-15:]
+            raise SystemExit(f"{self.setting.label}: worker did not start:\n" + "\n".join(tail))
 
     def once(self) -> tuple[float, int]:
         assert self.process.stdin is not None and self.process.stdout is not None
@@ -219,22 +222,26 @@ def main() -> None:
             f"of {args.calls} calls; load average at start {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        workers = [Worker(s, weights, args.size, args.steps) for s in chosen]
+        workers = [
+            Worker(s, weights, args.size, args.steps, Path(tmp) / f"worker-{i}.log")
+            for i, s in enumerate(chosen)
+        ]
         for w in workers:
             w.wait_ready()
         try:
             for round_ in range(args.rounds):
                 order = workers[round_ % len(workers) :] + workers[: round_ % len(workers)]
                 for w in order:
-                    w.idle.append(w.block(args.calls)[0])
+                    idle_ms, idle_threads = w.block(args.calls)
                     # Bounded so that a crashed bench leaves no spinning process behind.
                     with Neighbour(bound=120 + 30 * args.calls):
-                        ms, threads = w.block(args.calls)
-                    w.busy.append(ms)
-                    w.busy_threads.append(threads)
+                        busy_ms, busy_threads = w.block(args.calls)
+                    w.idle.append(idle_ms)
+                    w.busy.append(busy_ms)
+                    w.threads = (idle_threads, busy_threads)
                     print(
-                        f"  {w.setting.label}: idle {w.idle[-1]:.0f} ms, busy {ms:.0f} ms "
-                        f"({threads} threads), load {os.getloadavg()[0]:.1f}",
+                        f"  {w.setting.label}: idle {idle_ms:.0f} ms ({idle_threads} threads), "
+                        f"busy {busy_ms:.0f} ms ({busy_threads}), load {os.getloadavg()[0]:.1f}",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -246,24 +253,35 @@ def main() -> None:
 
 
 def report(workers: list[Worker]) -> None:
-    base = statistics.median(workers[0].idle)
-    head = ("setting", "idle ms", "busy ms", "ratio", "idle vs default", "busy vs default")
-    rows = []
-    for w in workers:
-        idle, busy = statistics.median(w.idle), statistics.median(w.busy)
-        rows.append(
-            (
-                w.setting.label,
-                f"{idle:.0f}",
-                f"{busy:.0f}",
-                f"{busy / idle:.2f}",
-                f"{idle / base:.2f}",
-                f"{busy / base:.2f}",
-            )
+    """Medians over rounds. Ratios are taken within each round first (busy over idle of the
+    same setting; over the default's idle of the same round), so drift cancels."""
+    base = workers[0].idle
+
+    def per_round(top: list[float], bottom: list[float]) -> float:
+        return statistics.median(t / b for t, b in zip(top, bottom, strict=True))
+
+    head = ("setting", "idle ms", "busy ms", "ratio", "idle/default", "busy/default", "threads")
+    rows = [
+        (
+            w.setting.label,
+            f"{statistics.median(w.idle):.0f}",
+            f"{statistics.median(w.busy):.0f}",
+            f"{per_round(w.busy, w.idle):.2f}",
+            f"{per_round(w.idle, base):.2f}",
+            f"{per_round(w.busy, base):.2f}",
+            f"{w.threads[0]} / {w.threads[1]}",
         )
+        for w in workers
+    ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    for r in [head, *rows]:
-        print(" | ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
+    print("| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(head)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        print("| " + " | ".join(c.ljust(widths[i]) for i, c in enumerate(r)) + " |")
+    print(
+        "ratio: busy over idle; /default: over the default setting's idle; threads: torch's "
+        "count at the end of an idle / a busy block. Goal: busy/default <= 1.6, idle/default ~1."
+    )
 
 
 if __name__ == "__main__":

@@ -18,19 +18,29 @@ from tests.api_helpers import app_client
 from tests.conftest import FAST_SD_INPUT, SD_REF, make_token
 
 
-def test_machine_busy_time_leaves_out_idle_iowait_and_steal(tmp_path: Path) -> None:
+def test_machine_busy_time_counts_our_cores_and_leaves_out_idle_iowait_and_steal(
+    tmp_path: Path,
+) -> None:
     import os
 
     stat = tmp_path / "stat"
-    #                user nice system idle  iowait irq softirq steal guest guest_nice
-    stat.write_text("cpu  100 5 50 1000 20 3 2 7 40 0\ncpu0 50 2 25 500 10 1 1 3 20 0\n")
-    assert machine_busy_seconds(stat) == pytest.approx(160 / os.sysconf("SC_CLK_TCK"))
+    stat.write_text(
+        #      user nice system idle iowait irq softirq steal guest guest_nice
+        "cpu  300 5 50 1000 20 3 2 7 40 0\n"
+        "cpu0 100 5 50 500 10 3 2 7 20 0\n"
+        "cpu1 200 0 0 500 10 0 0 0 20 0\n"
+        "intr 12345 6 7\n"
+    )
+    tick = os.sysconf("SC_CLK_TCK")
+    assert machine_busy_seconds({0}, stat) == pytest.approx(160 / tick)
+    assert machine_busy_seconds({0, 1}, stat) == pytest.approx(360 / tick)
+    assert machine_busy_seconds({0, 1, 7}, stat) == pytest.approx(360 / tick)
 
 
 def test_machine_busy_time_is_unknown_without_proc_stat(tmp_path: Path) -> None:
-    assert machine_busy_seconds(tmp_path / "missing") is None
-    (tmp_path / "odd").write_text("intr 1 2 3\n")
-    assert machine_busy_seconds(tmp_path / "odd") is None
+    assert machine_busy_seconds({0}, tmp_path / "missing") is None
+    (tmp_path / "odd").write_text("cpu  1 2 3 4 5 6 7 8\nintr 1 2 3\n")
+    assert machine_busy_seconds({0}, tmp_path / "odd") is None
 
 
 class Counters:
@@ -185,5 +195,5 @@ def test_repligate_torch_threads_reaches_the_server_worker(
         if r.name == "repligate.runners.threads" and "->" in r.getMessage()
     ]
     assert changes, "the worker never set torch's thread count"
-    assert all(r.threadName.startswith("repligate-worker") for r in changes)
+    assert all((r.threadName or "").startswith("repligate-worker") for r in changes)
     assert changes[0].getMessage().endswith(f"-> {wanted}")

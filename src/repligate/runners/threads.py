@@ -10,11 +10,11 @@ free cores never waits for a slice: one thread there costs about what the lost c
 ``bench/contention.py`` compares this with the fixed settings (fewer threads, libgomp's
 passive waiting, shorter spinning); the idle machine keeps every core.
 
-The load is read in the background: every quarter second a daemon thread reads the CPU
-time of the whole machine (``/proc/stat``) and of this process (``getrusage``); their
-difference over the last second is what other processes used. Where ``/proc/stat`` does
-not exist the policy keeps torch's own default. Set thread counts apply to the calling
-thread's team, so ``apply`` is called on the thread that runs inference.
+The load is read in the background: eight times a second a daemon thread reads the CPU
+time used on the cores this process may run on (``/proc/stat``) and by this process
+(``getrusage``); their difference over the last half second is what others used. Where
+``/proc/stat`` does not exist the policy keeps torch's own default. A thread count applies
+to the calling thread's team, so ``apply`` is called on the thread that runs inference.
 """
 
 from __future__ import annotations
@@ -33,22 +33,31 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROC_STAT = Path("/proc/stat")
-# /proc/stat "cpu" line fields: user nice system idle iowait irq softirq steal (guest time
-# is already counted in user and nice). Idle, iowait and steal are not CPU that any
+# /proc/stat "cpuN" line fields: user nice system idle iowait irq softirq steal (guest
+# time is already counted in user and nice). Idle, iowait and steal are not CPU that any
 # process inside this machine used.
 _NOT_BUSY = {3, 4, 7}
 
 
-def machine_busy_seconds(path: Path = PROC_STAT) -> float | None:
-    """CPU seconds all processes have used since boot, or None where unknown."""
+def machine_busy_seconds(cpus: set[int] | None = None, path: Path = PROC_STAT) -> float | None:
+    """CPU seconds all processes have used on ``cpus`` (default: those this process may
+    run on) since boot, or None where unknown."""
+    if cpus is None:
+        cpus = os.sched_getaffinity(0)
     try:
-        with path.open() as stat:
-            first = stat.readline().split()
+        lines = path.read_text().splitlines()
     except OSError:
         return None
-    if not first or first[0] != "cpu":
+    ticks, seen = 0, 0
+    for line in lines:
+        fields = line.split()
+        if not fields or not fields[0].startswith("cpu") or fields[0] == "cpu":
+            continue
+        if fields[0][3:].isdigit() and int(fields[0][3:]) in cpus:
+            ticks += sum(int(v) for i, v in enumerate(fields[1:9]) if i not in _NOT_BUSY)
+            seen += 1
+    if not seen:
         return None
-    ticks = sum(int(v) for i, v in enumerate(first[1:9]) if i not in _NOT_BUSY)
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -58,12 +67,12 @@ def own_busy_seconds() -> float:
 
 
 class CpuLoad:
-    """Cores other processes kept busy over the last ``window`` seconds."""
+    """Cores that other processes kept busy over the last ``window`` seconds."""
 
     def __init__(
         self,
-        interval: float = 0.25,
-        window: float = 1.0,
+        interval: float = 0.125,
+        window: float = 0.5,
         machine: Callable[[], float | None] = machine_busy_seconds,
         own: Callable[[], float] = own_busy_seconds,
         clock: Callable[[], float] = time.monotonic,
