@@ -18,6 +18,9 @@ from repligate.settings import Settings
 
 # Generous: a shared 2-core machine can run a prediction ten times slower than idle.
 POLL_TIMEOUT_SECONDS = 120.0
+# For runs of seconds when idle (the seed's 768x768, 50 steps), which a busy machine
+# can stretch past a sync request's 60 s wait.
+LONG_RUN_TIMEOUT_SECONDS = 900.0
 TERMINAL = ("succeeded", "failed", "canceled")
 
 
@@ -46,6 +49,30 @@ def poll(
 
 def finished(client: TestClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
     return poll(client, url, headers, lambda body: body["status"] in TERMINAL)
+
+
+def sync_outcome(
+    client: TestClient,
+    response: Any,
+    headers: dict[str, str],
+    finished_code: int,
+    timeout: float = LONG_RUN_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """The finished prediction of a sync create (``Prefer: wait``, or the seed's prefix).
+
+    Finished within the wait: the answer itself, with ``finished_code``. When a slow
+    machine outlasts the wait, the answer must be Replicate's for that (201, ``starting``,
+    no output yet); the same prediction is then polled to its end, so the caller asserts
+    the same things either way."""
+    body: dict[str, Any] = response.json()
+    if body.get("status") in TERMINAL:
+        assert response.status_code == finished_code, response.text
+        return body
+    assert response.status_code == 201, response.text
+    assert body["status"] == "starting", body
+    assert body["output"] is None, body
+    assert response.headers["preference-applied"].startswith("wait="), response.headers
+    return poll(client, body["urls"]["get"], headers, lambda b: b["status"] in TERMINAL, timeout)
 
 
 def download(client: TestClient, url: str) -> bytes:

@@ -64,12 +64,9 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     from repligate.runners.cache import PipelineCache
     from repligate.runners.safety import LazySafetyChecker
     from repligate.runners.sdxl_weights import TrainedWeightsCache
+    from repligate.runners.threads import ThreadPolicy
     from repligate.runners.weights import WeightsLocator
 
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
     chosen = device.choose(settings.device)
     return RunnerEnv(
         device=chosen,
@@ -85,6 +82,9 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
             settings.data_dir / "trained-weights",
             max_bytes=settings.trained_weights_cache_bytes,
             max_download_bytes=settings.trained_weights_max_bytes,
+        ),
+        threads=ThreadPolicy.for_device(
+            chosen.name, settings.torch_threads, workers=settings.concurrency_per_device
         ),
     )
 

@@ -35,7 +35,11 @@ class Settings(BaseSettings):
 
     device: str | None = Field(default=None, description="cuda, cuda:1, mps or cpu; else auto")
     concurrency_per_device: int = Field(default=1, ge=1, le=16)
-    torch_threads: int | None = Field(default=None, ge=1)
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU inference threads; unset: the cores other processes leave free",
+    )
     # Flushing logs is a database write; progress lines are batched at most this often.
     log_flush_interval: float = Field(default=0.5, ge=0.0)
     # On SIGTERM, running predictions get this long to finish; then they are handed back

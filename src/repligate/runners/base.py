@@ -10,6 +10,7 @@ from repligate.events import Event
 from repligate.fetch import Fetcher
 from repligate.runners.components import SharedModules
 from repligate.runners.safety import LazySafetyChecker
+from repligate.runners.threads import ThreadPolicy
 
 if TYPE_CHECKING:
     from repligate.models.spec import ModelSpec
@@ -53,6 +54,8 @@ class RunnerEnv:
     modules: SharedModules = field(default_factory=SharedModules)
     # Downloaded trained weights (SDXL's replicate_weights); None: such inputs are refused.
     trained_weights: TrainedWeightsCache | None = None
+    # Torch's thread count on the inference thread (runners/threads.py); by default torch's.
+    threads: ThreadPolicy = field(default_factory=ThreadPolicy)
 
 
 RunnerFactory = Callable[["RunnerEnv", "ModelSpec"], Runner]

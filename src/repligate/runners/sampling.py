@@ -9,6 +9,7 @@ from typing import Any
 from repligate.errors import InvalidField
 from repligate.events import Canceled, Log, Progress
 from repligate.runners.base import RunContext
+from repligate.runners.threads import ThreadPolicy
 
 
 def resolve_seed(seed: int | None, ctx: RunContext) -> int:
@@ -26,14 +27,22 @@ def generator(seed: int) -> Any:
     return torch.Generator("cpu").manual_seed(seed)
 
 
-def step_callback(ctx: RunContext) -> Any:
+def step_callback(ctx: RunContext, threads: ThreadPolicy | None = None) -> Any:
     """``callback_on_step_end`` for diffusers: reports progress and stops between steps
-    when the prediction is canceled (the exception skips the VAE decode)."""
+    when the prediction is canceled (the exception skips the VAE decode).
+
+    Made on the inference thread just before the pipeline call, it also sets torch's
+    thread count there, now and again after every step, as ``threads`` chooses: a busy
+    neighbour that comes or goes mid-run changes the count at the next step."""
+    if threads is not None:
+        threads.apply()
 
     def on_step_end(pipe: Any, step: int, timestep: Any, kwargs: dict[str, Any]) -> Any:
         ctx.emit(Progress(step=step + 1, total=int(pipe.num_timesteps)))
         if ctx.canceled():
             raise Canceled()
+        if threads is not None:
+            threads.apply()
         return kwargs
 
     return on_step_end

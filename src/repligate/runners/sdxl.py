@@ -222,7 +222,7 @@ class StableDiffusionXLRunner:
             "guidance_scale": inputs["guidance_scale"],
             "generator": sampling.generator(seed),
             "num_inference_steps": inputs["num_inference_steps"],
-            "callback_on_step_end": sampling.step_callback(ctx),
+            "callback_on_step_end": sampling.step_callback(ctx, self.env.threads),
         }
         output = pipe(**common, **call)
         if refiner is None:

@@ -81,7 +81,7 @@ class StableDiffusionRunner:
             guidance_scale=inputs["guidance_scale"],
             num_inference_steps=inputs["num_inference_steps"],
             generator=sampling.generator(seed),
-            callback_on_step_end=sampling.step_callback(ctx),
+            callback_on_step_end=sampling.step_callback(ctx, self.env.threads),
             **self.pipeline_arguments(inputs),
         )
         return self.outputs(list(result.images), inputs, ctx)
