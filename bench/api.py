@@ -4,27 +4,23 @@ fails.
     python bench/api.py                      # 3 rounds of 5 s per measurement
     python bench/api.py --rounds 5 --seconds 8 --weights /tmp/tiny-weights
 
-Three servers, each in its own process, started as users start them:
-
-- bare: a FastAPI app with one ``async def`` JSON endpoint, served by uvicorn with the
-  same configuration as ``repligate serve`` (``serving.uvicorn_config``): the yardstick;
-- repligate: ``repligate serve`` itself (tiny random-weight pipelines, safety checker off,
-  SQLite, local files, the in-process worker), a fresh data directory each round.
-
-Each round measures, back to back so that drift cancels:
+Two servers, each in its own process and started as users start them: the yardstick, a
+FastAPI app with one ``async def`` JSON endpoint under the uvicorn configuration of
+``repligate serve`` (``serving.uvicorn_config``); and ``repligate serve`` itself (tiny
+random-weight pipelines, safety checker off, SQLite, local files, its in-process worker),
+on a fresh data directory each round. Each round measures, back to back:
 
 1. ``GET /v1/predictions/<id>`` on the bare app (a constant two-field object);
 2. ``GET /v1/predictions/<id>`` on repligate: the key checked, the row read from the
    database, the full prediction object (a finished prediction with an output file);
-3. ``POST /v1/predictions`` (async: answered at once, ``starting``) on repligate, while its
-   worker runs the predictions that pile up (64x64, 2 steps each).
+3. ``POST /v1/predictions`` (async, answered ``starting``) on repligate, while its worker
+   runs the predictions that pile up (64x64, 2 steps each).
 
-The load comes from wrk when it is installed (``-t2 -c8``, as in the issue), else from an
-async httpx client in a separate process (slower itself, so only the ratios mean much);
-the table says which. Requests go to 127.0.0.1 only and stop after ``--seconds``. The
-machine should be otherwise idle: on 2 shared cores the load generator, the server and
-everyone else's work compete, so compare within a round (the ratio columns) and read the
-medians.
+The load comes from wrk when installed (``-t2 -c8``), else from an async httpx client in
+its own process (slower itself: only the ratios mean much); the table says which. It
+targets 127.0.0.1 only and stops after ``--seconds``. On 2 shared cores the load
+generator, the server and everyone else compete: compare within a round (the ratios),
+read the medians, and the server's CPU per request (steadier than its rate).
 """
 
 from __future__ import annotations
@@ -229,20 +225,10 @@ async def _httpx_load(load: Load, seconds: float) -> tuple[int, int, float]:
 
 
 def httpx_rate(load: Load, seconds: float, tmp: Path) -> tuple[float, int, int]:
-    """The fallback: the same load from httpx in its own process (not this one, which
-    holds no server but would share its interpreter lock with nothing useful)."""
+    """The fallback: the same load from httpx, in a process of its own."""
+    body = load.body.decode() if load.body is not None else None
     spec = tmp / "load.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "method": load.method,
-                "url": load.url,
-                "headers": load.headers,
-                "body": load.body.decode() if load.body is not None else None,
-                "seconds": seconds,
-            }
-        )
-    )
+    spec.write_text(json.dumps({**load.__dict__, "body": body, "seconds": seconds}))
     result = subprocess.run(
         [sys.executable, __file__, "--httpx-load", str(spec)],
         capture_output=True,

@@ -3,10 +3,9 @@
     python bench/overhead.py                 # 512x512 20 steps K_EULER, plus 64x64 2 steps
     python bench/overhead.py --rounds 30 --size 768 --steps 30
 
-The first table is the summary the issue asks for: the milliseconds a small sync
-prediction (64x64, 2 steps; create plus the output's download) adds over the direct call,
-beside the ratio server ÷ direct of the main case (512x512, 20 steps). The safety checker
-is off on both sides (the direct call has none).
+First a summary: the ms a small sync prediction (64x64, 2 steps; create + output
+download) adds over the direct call, beside the main case's ratio (512x512, 20 steps).
+The safety checker is off on both sides (the direct call has none).
 
 It builds the tiny random-weight pipelines in a temp dir, starts a live repligate server
 (uvicorn, in-process workers, SQLite, local files) and, round by round so that drift
@@ -52,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import httpx
 from rich.console import Console
 from rich.table import Table
-from steps import StepTimer
+from steps import StepTimer, steps_table
 
 from repligate.app import create_app
 from repligate.settings import Settings
@@ -306,25 +305,16 @@ def print_end_to_end(rows: list[tuple[Case, Results, bool]], block: int) -> None
 
 
 def print_summary(rows: list[tuple[Case, Results, bool]]) -> None:
-    """The two numbers of the issue, side by side: what a small prediction adds (ms) and
-    how a larger one compares (ratio), both against the direct call in the same rounds."""
+    """What a small prediction adds (ms) beside how a large one compares (ratio)."""
     table = Table(title="Summary: HTTP (sync create + output download) against the direct call")
     for column in ("case", "rounds", "direct median", "HTTP median", "added (ms)", "÷ direct"):
         table.add_column(column, justify="left" if column == "case" else "right")
     for case, r, _ in sorted(rows, key=lambda row: row[0].width * row[0].steps):
-        direct, http = med(r.steady("direct")), med(r.steady("http"))
-        ratios = [
-            med(block[1:]) / med(base[1:])
-            for block, base in zip(r.times["http"], r.times["direct"], strict=True)
-        ]
-        table.add_row(
-            case.label,
-            str(case.rounds),
-            ms(direct),
-            ms(http),
-            ms(med(r.added("http"))),
-            f"{med(ratios):.3f}",
-        )
+        pairs = zip(r.times["http"], r.times["direct"], strict=True)
+        ratio = med([med(block[1:]) / med(base[1:]) for block, base in pairs])
+        direct, http, added = med(r.steady("direct")), med(r.steady("http")), med(r.added("http"))
+        cells = (ms(direct), ms(http), ms(added), f"{ratio:.3f}")
+        table.add_row(case.label, str(case.rounds), *cells)
     console.print(table)
 
 
@@ -345,22 +335,6 @@ def print_split(rows: list[tuple[Case, Results, bool]]) -> None:
         "  started → completed, minus direct's steady median",
         *[ms(med([m[3] - m[2] for m in r.marks]) - med(r.steady("direct"))) for _, r, _ in rows],
     )
-    console.print(table)
-
-
-def print_steps(steps: list[tuple[str, float, float, str]], note: str) -> None:
-    table = Table(title=f"Each step the server adds, timed alone ({note}); ms")
-    for column, justify in (("step", "left"), ("median", "right"), ("× per prediction", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("per prediction", justify="right")
-    table.add_column("where", justify="left")
-    total = 0.0
-    for label, median, count, where in steps:
-        per = median * count
-        if where not in ("both paths", "part of the GET"):
-            total += per
-        table.add_row(label, ms(median), f"{count:g}", ms(per), where)
-    table.add_row("sum of server-only steps", "", "", ms(total), "")
     console.print(table)
 
 
@@ -418,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(rows)
     print_end_to_end(rows, args.block)
     print_split(rows)
-    print_steps(steps, f"{cases[0].label}, {args.step_repeats} repeats")
+    console.print(steps_table(steps, f"{cases[0].label}, {args.step_repeats} repeats"))
     return 0
 
 
