@@ -3,6 +3,10 @@
     python bench/overhead.py                 # 512x512 20 steps K_EULER, plus 64x64 2 steps
     python bench/overhead.py --rounds 30 --size 768 --steps 30
 
+First a summary: the ms a small sync prediction (64x64, 2 steps; create + output
+download) adds over the direct call, beside the main case's ratio (512x512, 20 steps).
+The safety checker is off on both sides (the direct call has none).
+
 It builds the tiny random-weight pipelines in a temp dir, starts a live repligate server
 (uvicorn, in-process workers, SQLite, local files) and, round by round so that drift
 cancels (the order rotates each round), runs the same prediction four ways, each a few
@@ -13,7 +17,8 @@ times in a row (a block):
 - direct on a second long-lived thread: the control for thread switching (torch keeps an
   OpenMP team per calling thread; the server's worker is such a second thread);
 - runner: the model's runner (``runner.run``) on the first thread, outside the server;
-- HTTP: ``POST /replicate/v1/predictions`` (sync) over a keep-alive connection.
+- HTTP: ``POST /replicate/v1/predictions`` (sync) over a keep-alive connection, then the
+  download of its output file (what a client does to get the image).
 
 The first call of each block follows a switch of thread, which costs torch on its own
 (research/serving-overhead.md, lesson 1) and which a server with one worker thread never
@@ -46,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import httpx
 from rich.console import Console
 from rich.table import Table
-from steps import StepTimer
+from steps import StepTimer, steps_table
 
 from repligate.app import create_app
 from repligate.settings import Settings
@@ -89,7 +94,7 @@ LABELS = {
     "direct": "direct: pipeline + PNG, one thread",
     "other": "direct on a 2nd thread",
     "runner": "runner.run, outside the server",
-    "http": "HTTP sync POST /replicate/v1/predictions",
+    "http": "HTTP sync POST /replicate/v1/predictions + GET of the output",
 }
 Marks = tuple[float, float, float, float, float]
 
@@ -214,11 +219,14 @@ class Bench:
         body = {"version": f"{OWNER}/{NAME}:{self.spec.version}", "input": case.input()}
         sent_wall, started = time.time(), time.perf_counter()
         response = self.http.post("/replicate/v1/predictions", json=body)
-        elapsed = time.perf_counter() - started
         read_wall = time.time()
         answer = response.json()
         if response.status_code != 200 or answer.get("status") != "succeeded":
             raise SystemExit(f"HTTP prediction did not succeed: {response.status_code} {answer}")
+        image = self.http.get(answer["output"][0])
+        elapsed = time.perf_counter() - started
+        if image.status_code != 200 or not image.content.startswith(b"\x89PNG"):
+            raise SystemExit(f"the output did not download: {image.status_code}")
         return elapsed, answer, sent_wall, read_wall
 
     def _call(self, path: str, case: Case, results: Results, first: bool) -> float:
@@ -296,6 +304,20 @@ def print_end_to_end(rows: list[tuple[Case, Results, bool]], block: int) -> None
     console.print(table)
 
 
+def print_summary(rows: list[tuple[Case, Results, bool]]) -> None:
+    """What a small prediction adds (ms) beside how a large one compares (ratio)."""
+    table = Table(title="Summary: HTTP (sync create + output download) against the direct call")
+    for column in ("case", "rounds", "direct median", "HTTP median", "added (ms)", "÷ direct"):
+        table.add_column(column, justify="left" if column == "case" else "right")
+    for case, r, _ in sorted(rows, key=lambda row: row[0].width * row[0].steps):
+        pairs = zip(r.times["http"], r.times["direct"], strict=True)
+        ratio = med([med(block[1:]) / med(base[1:]) for block, base in pairs])
+        direct, http, added = med(r.steady("direct")), med(r.steady("http")), med(r.added("http"))
+        cells = (ms(direct), ms(http), ms(added), f"{ratio:.3f}")
+        table.add_row(case.label, str(case.rounds), *cells)
+    console.print(table)
+
+
 def print_split(rows: list[tuple[Case, Results, bool]]) -> None:
     table = Table(title="Steady HTTP predictions split by their own timestamps, medians (ms)")
     table.add_column("segment")
@@ -316,22 +338,6 @@ def print_split(rows: list[tuple[Case, Results, bool]]) -> None:
     console.print(table)
 
 
-def print_steps(steps: list[tuple[str, float, float, str]], note: str) -> None:
-    table = Table(title=f"Each step the server adds, timed alone ({note}); ms")
-    for column, justify in (("step", "left"), ("median", "right"), ("× per prediction", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("per prediction", justify="right")
-    table.add_column("where", justify="left")
-    total = 0.0
-    for label, median, count, where in steps:
-        per = median * count
-        if where not in ("both paths", "part of the GET"):
-            total += per
-        table.add_row(label, ms(median), f"{count:g}", ms(per), where)
-    table.add_row("sum of server-only steps", "", "", ms(total), "")
-    console.print(table)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=6, help="rounds of the main case")
@@ -341,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scheduler", default="K_EULER")
     parser.add_argument("--small-rounds", type=int, default=20, help="rounds of 64x64, 2 steps")
     parser.add_argument("--step-repeats", type=int, default=200, help="repeats per timed step")
+    parser.add_argument("--weights", type=Path, help="tiny weights already built (else built)")
     args = parser.parse_args(argv)
     if args.block < 2:
         parser.error("--block must be at least 2: the first call of each block is set apart")
@@ -355,9 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     with tempfile.TemporaryDirectory(prefix="repligate-bench-") as tmp:
         root = Path(tmp)
-        console.print("building tiny random-weight pipelines ...")
-        build_all(root / "weights")
-        settings = Settings(data_dir=root / "data", weights_dir=root / "weights")
+        weights = args.weights
+        if weights is None:
+            console.print("building tiny random-weight pipelines ...")
+            weights = root / "weights"
+            build_all(weights)
+        # The direct call runs no safety checker, so the server runs none either.
+        settings = Settings(data_dir=root / "data", weights_dir=weights, safety_checker=False)
         with LiveServer(create_app(settings)) as server:
             token = server.make_token("bench")
             bench = Bench(server, token)
@@ -378,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.cpu_count()} CPUs; log flush every {settings.log_flush_interval} s, "
         f"PNG level {settings.png_compress_level}"
     )
+    print_summary(rows)
     print_end_to_end(rows, args.block)
     print_split(rows)
-    print_steps(steps, f"{cases[0].label}, {args.step_repeats} repeats")
+    console.print(steps_table(steps, f"{cases[0].label}, {args.step_repeats} repeats"))
     return 0
 
 

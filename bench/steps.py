@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 from PIL import Image
+from rich.table import Table
 
 from repligate import inputs
 from repligate.bus import InProcessBus
@@ -37,6 +38,25 @@ from repligate.testing.live_server import LiveServer
 from repligate.transitions import Transitions
 
 Step = tuple[str, float, float, str]
+
+
+def steps_table(steps: list[Step], note: str) -> Table:
+    def ms(seconds: float) -> str:
+        return f"{seconds * 1000:,.1f}"
+
+    table = Table(title=f"Each step the server adds, timed alone ({note}); ms")
+    for column, justify in (("step", "left"), ("median", "right"), ("× per prediction", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("per prediction", justify="right")
+    table.add_column("where", justify="left")
+    total = 0.0
+    for label, median, count, where in steps:
+        per = median * count
+        if where not in ("both paths", "part of the GET"):
+            total += per
+        table.add_row(label, ms(median), f"{count:g}", ms(per), where)
+    table.add_row("sum of server-only steps", "", "", ms(total), "")
+    return table
 
 
 def _median_time(repeats: int, call: Callable[[], Any]) -> float:

@@ -177,6 +177,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
             await asyncio.to_thread(container.queue.stop)
+            container.service.close()
             container.engine.dispose()
 
     app = FastAPI(title="repligate", version=__version__, lifespan=lifespan)

@@ -41,7 +41,6 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
 ) -> None:
     """Start the API server with in-process workers."""
-    import uvicorn
 
     from repligate.app import create_app
     from repligate.store import keys
@@ -62,10 +61,12 @@ def serve(
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     console.print(f"repligate listening on [bold]{url}[/bold]  (data in {settings.data_dir})")
     console.print(f"  try: curl {url}/health")
-    from repligate.serving import Server
+    from repligate.serving import Server, uvicorn_config
 
     application = create_app(settings)
-    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level="info")
+    config = uvicorn_config(
+        application, host=settings.host, port=settings.port, access_log=settings.access_log
+    )
     Server(config, on_exit=application.state.container.service.stop_waiting).run()
 
 

@@ -75,12 +75,15 @@ class _Context:
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
-        if not self._pending:
-            return
+        text = self.take_pending()
+        if text and self._transitions.append_logs(self.prediction_id, text) is None:
+            self._stopped_elsewhere = True
+
+    def take_pending(self) -> str:
+        """The log lines not written yet, now taken (for the final write to carry)."""
         text = "".join(line + "\n" for line in self._pending)
         self._pending.clear()
-        if self._transitions.append_logs(self.prediction_id, text) is None:
-            self._stopped_elsewhere = True
+        return text
 
     def _add_output(self, value: Any) -> None:
         # Logs first, so a reader sees what led to this output.
@@ -139,7 +142,6 @@ class Executor:
                 spec, inputs.validate(spec, prediction.input), prediction.api_key_id
             )
             returned = self._provider.run(spec, run_input, ctx)
-            ctx.flush()
             output = self._final_output(prediction_id, returned, ctx)
             _check_json(output)
         except Canceled:
@@ -157,7 +159,15 @@ class Executor:
             ctx.flush()
             self._transitions.fail(prediction_id, _message(exc))
         else:
-            finished = self._transitions.finish(prediction_id, Status.SUCCEEDED, output=output)
+            # One write ends it: the last log lines ride along, and the claim's own
+            # answer stands in for a read before the compare-and-set.
+            finished = self._transitions.finish(
+                prediction_id,
+                Status.SUCCEEDED,
+                output=output,
+                append_logs=ctx.take_pending() or None,
+                claimed=prediction,
+            )
             if finished is None:
                 # Canceled (or ended elsewhere) while the last files were written: the
                 # prediction keeps what it had, and these files belong to nobody.

@@ -52,7 +52,9 @@ class WebLinks:
 
     def _signature(self, prediction_id: str, expires: int) -> str:
         message = b"\n".join((_PURPOSE, prediction_id.encode(), str(expires).encode()))
-        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        # The one-shot form: every API answer signs a link, and it is several times
+        # quicker than building an HMAC object.
+        digest = hmac.digest(self._secret, message, hashlib.sha256)
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     def signed_url(self, base_url: str, prediction_id: str, now: float | None = None) -> str:

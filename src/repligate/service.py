@@ -7,12 +7,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import contextvars
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -32,11 +33,18 @@ from repligate.providers.base import Provider
 from repligate.queue.base import Queue
 from repligate.records import ApiKey, Prediction
 from repligate.registry import Registry
+from repligate.store import db
 from repligate.store import keys as key_store
 from repligate.store import predictions as store
 from repligate.transitions import Transitions
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Set while a read runs inline on the event loop (``PredictionService.read``).
+_INLINE = contextvars.ContextVar("repligate_inline_read", default=False)
 
 # How often a waiting request re-reads the row even without a wake-up (another process
 # may have finished it).
@@ -101,11 +109,34 @@ class PredictionService:
         self._page_size = page_size
         self._file_inputs = file_inputs
         self._stopping = False
+        self._reads_inline = db.reads_inline(sessions)
+        self._kept = db.KeptConnection(sessions)
+
+    async def read(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run a short read (``get``, ``get_for_token``, ``authenticate``) from the event
+        loop: inline, on a kept connection, where the store says that is cheaper
+        (``db.reads_inline``); else in a thread."""
+        if not self._reads_inline:
+            return await asyncio.to_thread(call, *args, **kwargs)
+        token = _INLINE.set(True)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            _INLINE.reset(token)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[db.Db]:
+        with self._kept() if _INLINE.get() else db.connect(self._sessions) as connection:
+            yield connection
+
+    def close(self) -> None:
+        """Close the connection kept for inline reads (the app is stopping)."""
+        self._kept.close()
 
     def authenticate(self, token: str | None) -> ApiKey:
         if not token:
             raise AuthenticationError("You did not pass an authentication token")
-        with self._sessions() as session:
+        with self._connect() as session:
             key = key_store.find_active(session, token)
         if key is None:
             raise AuthenticationError("You did not pass a valid authentication token")
@@ -145,22 +176,32 @@ class PredictionService:
             if webhook_events_filter is not None
             else None,
         )
-        with self._sessions() as session:
+        with self._connect() as session:
             store.insert(session, prediction)
         self._queue.submit(prediction.id)
         return prediction
 
     def get(self, key: ApiKey, prediction_id: str) -> Prediction:
-        with self._sessions() as session:
+        with self._connect() as session:
             prediction = store.get(session, prediction_id)
         # Someone else's prediction is as unknown as a missing one.
         if prediction is None or prediction.api_key_id != key.id:
             raise NotFound()
         return prediction
 
+    def get_for_token(self, token: str | None, prediction_id: str) -> Prediction:
+        """``get`` for a bearer token. The key check and the read are one query; only
+        when it finds nothing is the token checked alone, to answer 401 or 404."""
+        if token:
+            with self._connect() as session:
+                found = store.get_for_token(session, prediction_id, key_store.hash_token(token))
+            if found is not None:
+                return found
+        return self.get(self.authenticate(token), prediction_id)
+
     def peek(self, prediction_id: str) -> Prediction:
         """A prediction by id alone, for the capability pages (web page by unguessable id)."""
-        with self._sessions() as session:
+        with self._connect() as session:
             prediction = store.get(session, prediction_id)
         if prediction is None:
             raise NotFound()
@@ -178,7 +219,7 @@ class PredictionService:
         if cursor:
             direction, position = _decode_cursor(cursor)
             before, after = (position, None) if direction == "n" else (None, position)
-        with self._sessions() as session:
+        with self._connect() as session:
             rows = store.page(
                 session,
                 api_key_id=key.id,
@@ -222,8 +263,13 @@ class PredictionService:
         event = self._notifier.subscribe(prediction.id)
         try:
             while True:
-                # Read after subscribing, so a finish between create and here is not missed.
-                prediction = await asyncio.to_thread(self.get, key, prediction.id)
+                if event.prediction is not None:
+                    # The completed event carried the prediction as it ended.
+                    prediction = event.prediction
+                else:
+                    # Read after subscribing, so a finish between create and here is not
+                    # missed; and at each poll (another process may have finished it).
+                    prediction = await self.read(self.get, key, prediction.id)
                 remaining = deadline - loop.time()
                 if prediction.status.is_terminal or remaining <= 0 or self._stopping:
                     break
@@ -241,7 +287,7 @@ class PredictionService:
         self._notifier.notify_all()
 
     def run_count(self, spec: ModelSpec) -> int:
-        with self._sessions() as session:
+        with self._connect() as session:
             return store.count_for_model(session, spec.ref)
 
     def recover(self) -> tuple[int, int]:
@@ -249,7 +295,7 @@ class PredictionService:
         shutdown); fail what was cut off while running (its work is lost, and running it
         again could crash the server again). Returns (requeued, failed)."""
         requeued = failed = 0
-        with self._sessions() as session:
+        with self._connect() as session:
             unfinished = store.unfinished(session)
         for prediction in unfinished:
             if prediction.status is Status.STARTING:

@@ -10,8 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import uvicorn
+
+
+def uvicorn_config(app: Any, *, host: str, port: int, access_log: bool) -> uvicorn.Config:
+    """How ``repligate serve`` runs uvicorn (``bench/api.py`` serves its yardstick alike)."""
+    return uvicorn.Config(app, host=host, port=port, log_level="info", access_log=access_log)
 
 
 class Server(uvicorn.Server):

@@ -26,6 +26,7 @@ from repligate.bus import EventBus, EventKind, PredictionEvent
 from repligate.clock import Clock
 from repligate.lifecycle import Status
 from repligate.records import Prediction
+from repligate.store import db
 from repligate.store import predictions as store
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Transitions:
     def start(self, prediction_id: str) -> Prediction | None:
         """A worker claims a queued prediction: only one claim wins, and a prediction
         canceled while queued stays canceled."""
-        with self._lock(prediction_id), self._sessions() as session:
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
             claimed = store.move(
                 session,
                 prediction_id,
@@ -79,12 +80,17 @@ class Transitions:
         output: Any = None,
         keep_output: bool = False,
         logs: str | None = None,
+        append_logs: str | None = None,
+        claimed: Prediction | None = None,
     ) -> Prediction | None:
         """Move to a terminal status; ``completed`` is published once, by the winner.
 
         ``keep_output`` leaves the output the prediction already has (a canceled or failed
-        prediction keeps what it produced). If the write itself fails (a database error),
-        a minimal failed write still ends the prediction, so none is left running.
+        prediction keeps what it produced). ``append_logs`` adds the last log lines in the
+        same write. ``claimed``, the prediction as ``start`` returned it, spares the read
+        before the compare-and-set (it is read only if the status moved since). If the
+        write itself fails (a database error), a minimal failed write still ends the
+        prediction, so none is left running.
         """
         if not status.is_terminal:
             raise lifecycle.InvalidTransition(f"{status} is not a terminal status")
@@ -94,7 +100,7 @@ class Transitions:
         if logs is not None:
             fields["logs"] = logs
         try:
-            return self._move(prediction_id, status, fields)
+            return self._move(prediction_id, status, fields, append_logs, claimed)
         except Exception as exc:
             if status is Status.FAILED and set(fields) == {"error"}:
                 raise
@@ -113,7 +119,7 @@ class Transitions:
     def hand_back(self, prediction_id: str, note: str) -> Prediction | None:
         """A worker that is stopping returns its running prediction to the queue: it
         will run again from the start, so its partial output is dropped."""
-        with self._lock(prediction_id), self._sessions() as session:
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
             current = store.get(session, prediction_id)
             if current is None or current.status is not Status.PROCESSING:
                 return None
@@ -128,11 +134,18 @@ class Transitions:
             )
 
     def _move(
-        self, prediction_id: str, status: Status, fields: dict[str, Any]
+        self,
+        prediction_id: str,
+        status: Status,
+        fields: dict[str, Any],
+        append_logs: str | None = None,
+        known: Prediction | None = None,
     ) -> Prediction | None:
-        with self._lock(prediction_id), self._sessions() as session:
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
+            current = known
             for _ in range(_CAS_ATTEMPTS):
-                current = store.get(session, prediction_id)
+                if current is None:
+                    current = store.get(session, prediction_id)
                 if current is None or not lifecycle.can_move(current.status, status):
                     return None
                 now = self._clock.now()
@@ -144,20 +157,22 @@ class Transitions:
                     completed_at=now,
                     total_time=_seconds(current.created_at, now),
                     predict_time=_seconds(current.started_at, now),
+                    append_logs=append_logs,
                     **fields,
                 )
                 if moved is not None:
                     return self._publish(EventKind.COMPLETED, moved)
+                current = None  # it moved on meanwhile: read it again
             return None
 
     # -- while it runs ---------------------------------------------------------------
 
     def append_logs(self, prediction_id: str, text: str) -> Prediction | None:
-        with self._lock(prediction_id), self._sessions() as session:
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
             return self._publish(EventKind.LOGS, store.append_logs(session, prediction_id, text))
 
     def set_output(self, prediction_id: str, output: Any) -> Prediction | None:
-        with self._lock(prediction_id), self._sessions() as session:
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
             return self._publish(EventKind.OUTPUT, store.set_output(session, prediction_id, output))
 
 

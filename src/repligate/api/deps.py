@@ -1,11 +1,18 @@
-"""Dependencies, named once: the container's services, the caller's key, the body."""
+"""Dependencies, named once: the container's services, the caller's key, the body.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in its thread
+pool, and each such hop (a hand-off to a thread and back to the event loop) costs about
+as much CPU as the rest of a small request. Writes and longer work go to a thread, once
+per request where they can (``in_thread``); short reads go through ``service.read``.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 from fastapi import Depends, Request
 from starlette.requests import ClientDisconnect
@@ -19,29 +26,51 @@ if TYPE_CHECKING:
     from repligate.app import Container
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def in_thread(call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run a blocking call (database, disk) in the event loop's thread pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, functools.partial(call, *args, **kwargs))
+
+
 def container(request: Request) -> Container:
     return request.app.state.container
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     return container(request).settings
 
 
-def service(request: Request) -> PredictionService:
+async def service(request: Request) -> PredictionService:
     return container(request).service
 
 
-def current_key(request: Request) -> ApiKey:
+def bearer_token(request: Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>`` (or ``Token <token>``), if any."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.strip().partition(" ")
     if scheme.lower() not in ("bearer", "token"):
-        token = ""
-    return container(request).service.authenticate(token.strip() or None)
+        return None
+    return token.strip() or None
+
+
+async def current_key(request: Request) -> ApiKey:
+    service = container(request).service
+    return await service.read(service.authenticate, bearer_token(request))
+
+
+async def _token(request: Request) -> str | None:
+    return bearer_token(request)
 
 
 SettingsDep = Annotated[Settings, Depends(settings)]
 ServiceDep = Annotated[PredictionService, Depends(service)]
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
+# The bearer token unchecked, for routes that check it together with their own read.
+Token = Annotated[str | None, Depends(_token)]
 
 
 # A client such as urllib sends its whole body before it reads any reply. Refused
@@ -111,9 +140,28 @@ JsonBody = Annotated[Any, Depends(json_body)]
 def base_url(request: Request) -> str:
     """Where this server is reached: configured, else as the request reached it."""
     configured = container(request).settings.public_base_url
-    return (configured or str(request.base_url)).rstrip("/")
+    if configured:
+        return configured.rstrip("/")
+    scope = request.scope
+    host = next((value for name, value in scope["headers"] if name == b"host"), None)
+    root = scope.get("app_root_path", scope.get("root_path", ""))
+    server = scope.get("server")
+    return _request_base_url(
+        scope.get("scheme", "http"), tuple(server) if server else None, host, root
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _request_base_url(
+    scheme: str, server: tuple[str, int] | None, host: bytes | None, root_path: str
+) -> str:
+    """Starlette's ``request.base_url`` from the only parts of the request it reads,
+    remembered: building it parses the Host header and a URL on every request."""
+    headers = [(b"host", host)] if host is not None else []
+    scope = {"scheme": scheme, "server": server, "headers": headers, "root_path": root_path}
+    return str(Request({"type": "http", "path": "/", **scope}).base_url).rstrip("/")
 
 
 def api_prefix(request: Request) -> str:
     """``/replicate`` for the seed's routes, ``""`` for Replicate's own."""
-    return "/replicate" if request.url.path.startswith("/replicate/") else ""
+    return "/replicate" if request.scope["path"].startswith("/replicate/") else ""

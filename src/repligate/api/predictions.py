@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime
 from typing import Any
@@ -15,9 +14,12 @@ from repligate.api.deps import (
     CurrentKey,
     JsonBody,
     ServiceDep,
+    Token,
     api_prefix,
     base_url,
+    bearer_token,
     container,
+    in_thread,
 )
 from repligate.api.wire import (
     ModelPredictionCreate,
@@ -29,7 +31,7 @@ from repligate.errors import InvalidRequest
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
 from repligate.records import ApiKey, Prediction
-from repligate.service import PredictionService
+from repligate.service import Page, PredictionService
 
 router = APIRouter()
 
@@ -58,13 +60,13 @@ def _wait_seconds(request: Request) -> float | None:
 
 
 def _respond(request: Request, prediction: Prediction, status_code: int, **kw: Any) -> JSONResponse:
-    storage = container(request).storage
+    wired = container(request)
     body = prediction_out(
         prediction,
-        storage=storage,
+        storage=wired.storage,
         base_url=base_url(request),
         api_prefix=api_prefix(request),
-        links=container(request).links,
+        links=wired.links,
         **kw,
     )
     return JSONResponse(body, status_code=status_code)
@@ -78,7 +80,7 @@ async def _create(
     body: PredictionCreate | ModelPredictionCreate,
 ) -> JSONResponse:
     wait = _wait_seconds(request)
-    prediction = await asyncio.to_thread(
+    prediction = await in_thread(
         service.create,
         key,
         spec,
@@ -105,6 +107,26 @@ async def _create(
 
 def prediction_out_url(request: Request, prediction_id: str) -> str:
     return f"{base_url(request)}{api_prefix(request)}/v1/predictions/{prediction_id}"
+
+
+# The route clients poll, so it is lean: registered first (FastAPI tries routes in
+# order, twice per request), one query (the key's check and the read together), and no
+# parameters for FastAPI to solve and validate, which costs about as much as the read:
+# the id is taken from the path as matched, and declared for the OpenAPI document.
+_ID_PARAMETER = {
+    "name": "prediction_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "title": "Prediction Id"},
+}
+
+
+@router.get("/predictions/{prediction_id}", openapi_extra={"parameters": [_ID_PARAMETER]})
+async def get_prediction(request: Request) -> JSONResponse:
+    service = container(request).service
+    prediction_id: str = request.path_params["prediction_id"]
+    prediction = await service.read(service.get_for_token, bearer_token(request), prediction_id)
+    return _respond(request, prediction, 200)
 
 
 @router.post("/predictions")
@@ -138,20 +160,25 @@ def _timestamp(name: str, value: str | None) -> datetime | None:
 
 
 @router.get("/predictions")
-def list_predictions(
+async def list_predictions(
     request: Request,
     service: ServiceDep,
-    key: CurrentKey,
+    token: Token,
     cursor: str | None = None,
     created_after: str | None = None,
     created_before: str | None = None,
 ) -> dict[str, Any]:
-    page = service.list(
-        key,
-        cursor=cursor,
-        created_after=_timestamp("created_after", created_after),
-        created_before=_timestamp("created_before", created_before),
-    )
+    def read() -> Page:
+        # The key first, as everywhere: a bad token is a 401 whatever the query says.
+        key = service.authenticate(token)
+        return service.list(
+            key,
+            cursor=cursor,
+            created_after=_timestamp("created_after", created_after),
+            created_before=_timestamp("created_before", created_before),
+        )
+
+    page = await in_thread(read)
     storage, links = container(request).storage, container(request).links
     base, prefix = base_url(request), api_prefix(request)
 
@@ -171,15 +198,11 @@ def list_predictions(
     }
 
 
-@router.get("/predictions/{prediction_id}")
-def get_prediction(
-    prediction_id: str, request: Request, service: ServiceDep, key: CurrentKey
-) -> JSONResponse:
-    return _respond(request, service.get(key, prediction_id), 200)
-
-
 @router.post("/predictions/{prediction_id}/cancel")
-def cancel_prediction(
-    prediction_id: str, request: Request, service: ServiceDep, key: CurrentKey
+async def cancel_prediction(
+    prediction_id: str, request: Request, service: ServiceDep, token: Token
 ) -> JSONResponse:
-    return _respond(request, service.cancel(key, prediction_id), 200)
+    def cancel() -> Prediction:
+        return service.cancel(service.authenticate(token), prediction_id)
+
+    return _respond(request, await in_thread(cancel), 200)

@@ -26,8 +26,8 @@ from repligate.api.deps import (
     CurrentKey,
     api_prefix,
     base_url,
+    bearer_token,
     container,
-    current_key,
     drain_body,
 )
 from repligate.api.errors import MalformedBody
@@ -197,7 +197,9 @@ def download_file(
     if expiry is not None or signature is not None:
         uploaded = uploads.by_signature(file_id, expiry or "", signature or "")
     else:
-        uploaded = uploads.get(current_key(request), file_id)
+        # A sync route (in a thread): the key is checked here, not by the async dependency.
+        key = container(request).service.authenticate(bearer_token(request))
+        uploaded = uploads.get(key, file_id)
     stream = uploads.open(uploaded)
     headers = {
         "Content-Length": str(uploaded.size),

@@ -70,7 +70,11 @@ def parse_body(model: type[B], body: Any) -> B:
 
 
 def timestamp(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if value else None
+    """ISO 8601 in UTC with microseconds and a Z, as Replicate writes them (the values
+    are UTC already; isoformat is several times quicker than strftime)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def output_urls(output: Any) -> list[str]:

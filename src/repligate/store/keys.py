@@ -5,21 +5,28 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from repligate.records import ApiKey
+from repligate.store.db import Db
 from repligate.store.rows import ApiKeyRow
 
 TOKEN_PREFIX = "r8_"
+_TABLE = cast(Table, ApiKeyRow.__table__)
+# A Core statement built once: the lookup runs on every authenticated request.
+_FIND_ACTIVE = select(_TABLE).where(
+    _TABLE.c.token_hash == bindparam("token_hash"), _TABLE.c.revoked_at.is_(None)
+)
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def _record(row: ApiKeyRow) -> ApiKey:
+def _record(row: Any) -> ApiKey:
     return ApiKey(
         id=row.id,
         name=row.name,
@@ -44,13 +51,9 @@ def create(session: Session, *, name: str) -> tuple[ApiKey, str]:
     return _record(row), token
 
 
-def find_active(session: Session, token: str) -> ApiKey | None:
-    row = session.scalar(
-        select(ApiKeyRow).where(
-            ApiKeyRow.token_hash == hash_token(token), ApiKeyRow.revoked_at.is_(None)
-        )
-    )
-    return _record(row) if row else None
+def find_active(session: Db, token: str) -> ApiKey | None:
+    row = session.execute(_FIND_ACTIVE, {"token_hash": hash_token(token)}).one_or_none()
+    return _record(row) if row is not None else None
 
 
 def list_all(session: Session) -> list[ApiKey]:

@@ -1,20 +1,43 @@
-"""Prediction rows: insert, read, page, and status changes as compare-and-set."""
+"""Prediction rows: insert, read, page, and status changes as compare-and-set.
+
+Reads and writes are Core statements on the table, not ORM entities: a prediction is read
+into a ``Prediction`` record at once, so the identity map, change tracking and
+unit-of-work flush would only cost time (about four times the statement itself on the
+busiest paths: every status read, every log flush). The hot statements are built once.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import insert as sql_insert
 
 from repligate import lifecycle
 from repligate.lifecycle import Status
 from repligate.records import Prediction
-from repligate.store.rows import PredictionRow
+from repligate.store.db import Db
+from repligate.store.rows import ApiKeyRow, PredictionRow
+
+_TABLE = cast(Table, PredictionRow.__table__)
+_C = _TABLE.c
+_KEYS = cast(Table, ApiKeyRow.__table__)
+_GET = select(_TABLE).where(_C.id == bindparam("prediction_id"))
+# A prediction read together with the check of the caller's key: one statement.
+_GET_FOR_TOKEN = (
+    select(_TABLE)
+    .select_from(_TABLE.join(_KEYS, _KEYS.c.id == _C.api_key_id))
+    .where(
+        _C.id == bindparam("prediction_id"),
+        _KEYS.c.token_hash == bindparam("token_hash"),
+        _KEYS.c.revoked_at.is_(None),
+    )
+)
 
 
-def _record(row: PredictionRow) -> Prediction:
+def _record(row: Any) -> Prediction:
     return Prediction(
         id=row.id,
         api_key_id=row.api_key_id,
@@ -36,9 +59,15 @@ def _record(row: PredictionRow) -> Prediction:
     )
 
 
-def insert(session: Session, prediction: Prediction) -> None:
-    session.add(
-        PredictionRow(
+_INSERT = sql_insert(_TABLE)
+
+
+def insert(session: Db, prediction: Prediction) -> None:
+    # The values travel as parameters of a statement built once (building it per call,
+    # with its cache key, cost as much as the insert).
+    session.execute(
+        _INSERT,
+        dict(
             id=prediction.id,
             api_key_id=prediction.api_key_id,
             model=prediction.model,
@@ -52,18 +81,26 @@ def insert(session: Session, prediction: Prediction) -> None:
             webhook=prediction.webhook,
             webhook_events_filter=prediction.webhook_events_filter,
             created_at=prediction.created_at,
-        )
+        ),
     )
     session.commit()
 
 
-def get(session: Session, prediction_id: str) -> Prediction | None:
-    row = session.get(PredictionRow, prediction_id, populate_existing=True)
-    return _record(row) if row else None
+def get(session: Db, prediction_id: str) -> Prediction | None:
+    row = session.execute(_GET, {"prediction_id": prediction_id}).one_or_none()
+    return _record(row) if row is not None else None
+
+
+def get_for_token(session: Db, prediction_id: str, token_hash: str) -> Prediction | None:
+    """The prediction if the active key with this token hash owns it; else None (no
+    such prediction, someone else's, or no such active key: the caller tells which)."""
+    parameters = {"prediction_id": prediction_id, "token_hash": token_hash}
+    row = session.execute(_GET_FOR_TOKEN, parameters).one_or_none()
+    return _record(row) if row is not None else None
 
 
 def page(
-    session: Session,
+    session: Db,
     *,
     api_key_id: str,
     limit: int,
@@ -74,7 +111,7 @@ def page(
 ) -> list[Prediction]:
     """Newest first. ``before`` / ``after``: the (created_at, id) of the last / first row of
     the page already shown, to page forwards (older) or backwards (newer)."""
-    query = select(PredictionRow).where(PredictionRow.api_key_id == api_key_id)
+    query = select(_TABLE).where(PredictionRow.api_key_id == api_key_id)
     if before is not None:
         at, last_id = before
         query = query.where(
@@ -97,9 +134,9 @@ def page(
         query = query.where(PredictionRow.created_at < created_before)
     if after is not None:
         query = query.order_by(PredictionRow.created_at.asc(), PredictionRow.id.asc())
-        return [_record(r) for r in reversed(list(session.scalars(query.limit(limit))))]
+        return [_record(r) for r in reversed(list(session.execute(query.limit(limit))))]
     query = query.order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc())
-    return [_record(r) for r in session.scalars(query.limit(limit))]
+    return [_record(r) for r in session.execute(query.limit(limit))]
 
 
 def _clean_text(text: str) -> str:
@@ -115,71 +152,91 @@ def _clean(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _update_returning(
-    session: Session, prediction_id: str, condition: Any, values: dict[str, Any]
-) -> Prediction | None:
-    """One ``UPDATE ... WHERE id AND condition RETURNING *``: the compare-and-set and the
-    read of the prediction as it now stands, in one statement."""
-    statement = (
-        update(PredictionRow)
-        .where(PredictionRow.id == prediction_id, condition)
-        .values(**_clean(values))
-        .returning(PredictionRow)
-        .execution_options(populate_existing=True, synchronize_session=False)
+@lru_cache(maxsize=256)
+def _update_statement(statuses: tuple[str, ...], names: tuple[str, ...], append: bool) -> Any:
+    """``UPDATE ... WHERE id AND status IN statuses RETURNING *`` setting ``names`` (and
+    appending to the logs), built once per shape: the values travel as parameters."""
+    values: dict[str, Any] = {name: bindparam(f"set_{name}", type_=_C[name].type) for name in names}
+    if append:
+        values["logs"] = _C.logs + bindparam("append_logs", type_=_C.logs.type)
+    condition = _C.status == statuses[0] if len(statuses) == 1 else _C.status.in_(statuses)
+    return (
+        update(_TABLE)
+        .where(_C.id == bindparam("prediction_id"), condition)
+        .values(values)
+        .returning(*_C)
     )
-    row = session.scalars(statement).one_or_none()
+
+
+def _update_returning(
+    session: Db,
+    prediction_id: str,
+    statuses: tuple[Status, ...],
+    values: dict[str, Any],
+    append_logs: str | None = None,
+) -> Prediction | None:
+    """One ``UPDATE ... WHERE id AND status IN statuses RETURNING *``: the compare-and-set
+    and the read of the prediction as it now stands, in one statement."""
+    values = _clean(values)
+    statement = _update_statement(
+        tuple(s.value for s in statuses), tuple(sorted(values)), append_logs is not None
+    )
+    parameters = {f"set_{name}": value for name, value in values.items()}
+    parameters["prediction_id"] = prediction_id
+    if append_logs is not None:
+        parameters["append_logs"] = _clean_text(append_logs)
+    row = session.execute(statement, parameters).one_or_none()
     session.commit()
     return _record(row) if row is not None else None
 
 
 def move(
-    session: Session,
+    session: Db,
     prediction_id: str,
     new: Status,
     *,
     expected: Status | None = None,
+    append_logs: str | None = None,
     **fields: Any,
 ) -> Prediction | None:
     """Apply a status change if the lifecycle allows it from the current status.
 
     A compare-and-set: of two racing writers (a cancel and a finishing worker) exactly
     one wins, and a terminal status is never overwritten. With ``expected`` the row must
-    still be in that status (the caller computed ``fields`` from it). Returns the
-    prediction as it now stands, or None when the move did not apply.
+    still be in that status (the caller computed ``fields`` from it). ``append_logs`` is
+    added to the logs in the same statement. Returns the prediction as it now stands, or
+    None when the move did not apply.
     """
     if expected is not None:
         lifecycle.check(expected, new)
-        condition = PredictionRow.status == expected.value
+        statuses: tuple[Status, ...] = (expected,)
     else:
-        condition = PredictionRow.status.in_([s.value for s in lifecycle.sources_of(new)])
-    return _update_returning(session, prediction_id, condition, {"status": new.value, **fields})
+        statuses = tuple(sorted(lifecycle.sources_of(new)))
+    values = {"status": new.value, **fields}
+    return _update_returning(session, prediction_id, statuses, values, append_logs=append_logs)
 
 
-def append_logs(session: Session, prediction_id: str, text: str) -> Prediction | None:
+def append_logs(session: Db, prediction_id: str, text: str) -> Prediction | None:
     """Add to the logs of a running prediction. None when it is no longer running
     (canceled by another request or process): the worker's cue to stop."""
-    running = PredictionRow.status == Status.PROCESSING.value
-    return _update_returning(
-        session, prediction_id, running, {"logs": PredictionRow.logs + _clean_text(text)}
-    )
+    return _update_returning(session, prediction_id, (Status.PROCESSING,), {}, append_logs=text)
 
 
-def set_output(session: Session, prediction_id: str, output: Any) -> Prediction | None:
+def set_output(session: Db, prediction_id: str, output: Any) -> Prediction | None:
     """Replace the output of a running prediction (it grows while it runs)."""
-    running = PredictionRow.status == Status.PROCESSING.value
-    return _update_returning(session, prediction_id, running, {"output": output})
+    return _update_returning(session, prediction_id, (Status.PROCESSING,), {"output": output})
 
 
-def unfinished(session: Session) -> list[Prediction]:
+def unfinished(session: Db) -> list[Prediction]:
     """Predictions a crashed process may have left behind, oldest first."""
-    rows = session.scalars(
-        select(PredictionRow)
+    rows = session.execute(
+        select(_TABLE)
         .where(PredictionRow.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
         .order_by(PredictionRow.created_at)
     )
     return [_record(r) for r in rows]
 
 
-def count_for_model(session: Session, model: str) -> int:
+def count_for_model(session: Db, model: str) -> int:
     query = select(func.count()).select_from(PredictionRow).where(PredictionRow.model == model)
     return session.scalar(query) or 0
