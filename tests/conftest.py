@@ -37,13 +37,25 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def fixed_torch_threads() -> int:
+    """torch's own default count. The server's automatic count follows the machine's load,
+    and float sums over another number of threads can differ in the last bits, so tests
+    that compare pixels of two runs (or with a direct diffusers call) fix it; the
+    automatic policy has its own tests (test_threads.py)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 @pytest.fixture
-def settings(tmp_path: Path, tiny_weights: Path) -> Settings:
+def settings(tmp_path: Path, tiny_weights: Path, fixed_torch_threads: int) -> Settings:
     return Settings(
         data_dir=tmp_path / "data",
         weights_dir=tiny_weights,
         log_flush_interval=0.0,
         public_base_url=None,
+        torch_threads=fixed_torch_threads,
     )
 
 

@@ -169,3 +169,27 @@ def test_an_output_that_is_not_json_fails_the_prediction_saying_so(settings: Set
         body = app.get(pid)
         assert body["status"] == "failed"
         assert "not valid JSON" in body["error"]
+
+
+def test_a_handed_back_prediction_drops_its_outputs_and_runs_again(settings: Settings) -> None:
+    """A stopping worker hands its prediction back: it is queued again with no output,
+    and the files it had are removed (the next run makes its own)."""
+    provider = ScriptedProvider()
+    provider.scripts[ANIMATION] = ([Output(frame(0)), WaitForCancel()], None)
+    with fake_app(settings, provider) as app:
+        pid = app.create(ANIMATION, {"input": ANIMATION_INPUT}).json()["id"]
+        worker = run_in_thread(app.queue.run_next)
+        while not app.get(pid)["output"]:
+            worker.join(0.01)
+        app.queue.hand_back(pid)
+        worker.join(30)
+        body = app.get(pid)
+        assert body["status"] == "starting" and body["output"] is None
+        assert body["started_at"] is None and "queued again" in body["logs"]
+        assert stored_files(settings) == []
+        provider.scripts[ANIMATION] = ([Output(frame(0)), Output(frame(1))], None)
+        app.queue.submit(pid)
+        app.queue.run_all()
+        done = app.get(pid)
+        assert done["status"] == "succeeded" and len(done["output"]) == 2
+        assert app.kinds(pid).count("completed") == 1

@@ -147,7 +147,9 @@ class Executor:
         except Canceled:
             ctx.flush()
             if self._flags.is_handed_back(prediction_id):
-                self._transitions.hand_back(prediction_id, HANDED_BACK_NOTE)
+                # It runs again from the start: the outputs it had are dropped with it.
+                if self._transitions.hand_back(prediction_id, HANDED_BACK_NOTE) is not None:
+                    delete_files(self._storage, ctx.outputs)
             else:
                 self._transitions.cancel(prediction_id)
         except Exception as exc:
