@@ -12,7 +12,7 @@ from repligate.events import Log, Output, OutputFile, Progress
 from repligate.settings import Settings
 from repligate.storage.local import LocalStorage
 from repligate.testing.fakes import Gate, ManualQueue, Raise, ScriptedProvider, WaitForCancel
-from tests.fake_app import ANIMATION, ANIMATION_INPUT, fake_app
+from tests.fake_app import ANIMATION, ANIMATION_INPUT, FakeApp, fake_app
 
 
 def frame(n: int) -> OutputFile:
@@ -28,6 +28,15 @@ def run_in_thread(target: Any) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return thread
+
+
+def running_with_one_frame(app: FakeApp) -> tuple[str, threading.Thread]:
+    """An animation running on a worker thread, its first frame out, waiting for more."""
+    pid = app.create(ANIMATION, {"input": ANIMATION_INPUT}).json()["id"]
+    worker = run_in_thread(app.queue.run_next)
+    while not app.get(pid)["output"]:
+        worker.join(0.01)
+    return pid, worker
 
 
 def test_events_of_a_prediction_arrive_in_order(settings: Settings) -> None:
@@ -70,10 +79,7 @@ def test_canceled_prediction_keeps_the_outputs_it_had(settings: Settings) -> Non
     provider = ScriptedProvider()
     provider.scripts[ANIMATION] = ([Output(frame(0)), WaitForCancel()], None)
     with fake_app(settings, provider) as app:
-        pid = app.create(ANIMATION, {"input": ANIMATION_INPUT}).json()["id"]
-        worker = run_in_thread(app.queue.run_next)
-        while not app.get(pid)["output"]:
-            worker.join(0.01)
+        pid, worker = running_with_one_frame(app)
         canceled = app.client.post(f"/v1/predictions/{pid}/cancel", headers=app.auth)
         assert canceled.json()["status"] == "canceled"
         worker.join(30)
@@ -177,10 +183,7 @@ def test_a_handed_back_prediction_drops_its_outputs_and_runs_again(settings: Set
     provider = ScriptedProvider()
     provider.scripts[ANIMATION] = ([Output(frame(0)), WaitForCancel()], None)
     with fake_app(settings, provider) as app:
-        pid = app.create(ANIMATION, {"input": ANIMATION_INPUT}).json()["id"]
-        worker = run_in_thread(app.queue.run_next)
-        while not app.get(pid)["output"]:
-            worker.join(0.01)
+        pid, worker = running_with_one_frame(app)
         app.queue.hand_back(pid)
         worker.join(30)
         body = app.get(pid)
