@@ -45,6 +45,7 @@ def settings(cores: int) -> list[Setting]:
         Setting("default"),
         Setting(f"threads={max(1, cores - 1)} (cores-1)", args=("--threads", str(cores - 1))),
         Setting("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
+        Setting("GOMP_SPINCOUNT=1000", {"GOMP_SPINCOUNT": "1000"}),
         Setting("GOMP_SPINCOUNT=10000", {"GOMP_SPINCOUNT": "10000"}),
         Setting("GOMP_SPINCOUNT=100000", {"GOMP_SPINCOUNT": "100000"}),
         Setting("interop threads=1", args=("--interop", "1")),
