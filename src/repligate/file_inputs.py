@@ -66,7 +66,7 @@ class FileInputs:
         self.inline_max = inline_max
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
         public = _origin(public_base_url) if public_base_url else None
-        self._own_origins = {public} if public else set()
+        self._own_origins: set[str | None] = {public} if public else set()
 
     def prepare(
         self,
@@ -90,33 +90,29 @@ class FileInputs:
             if is_file and base and len(value) > self.inline_max and value[:5].lower() == "data:":
                 prepared[name] = self._store_data_uri(key, name, value, base)
                 continue
-            reason = self._refusal(value, key.id, origins)
-            if reason is not None:
-                problems.append(InvalidField("format", f"input.{name}", reason))
+            try:
+                self._resolve(value, key.id, origins)
+            except LocalFileRefused as refused:
+                problems.append(InvalidField("format", f"input.{name}", str(refused)))
         if problems:
             raise InvalidInput(problems)
         return prepared
 
     def open(self, url: str, *, owner: str | None) -> LocalFile | None:
-        named = _named_file(url)
-        if named is None:
-            return None
-        origin, file_id = named
-        uploaded = self.uploads.find(file_id)
+        uploaded = self._resolve(url, owner, self._own_origins)
         if uploaded is None:
-            if origin in self._own_origins:
-                raise LocalFileRefused(_not_yours(file_id))
             return None
-        reason = self._unusable(uploaded, owner)
-        if reason is not None:
-            raise LocalFileRefused(reason)
         try:
             stream = self.uploads.open(uploaded)
         except NotFound:
-            raise LocalFileRefused(f"file {file_id} is no longer available") from None
+            raise LocalFileRefused(f"file {uploaded.id} is no longer available") from None
         return LocalFile(stream, uploaded.content_type, uploaded.size)
 
-    def _refusal(self, value: str, owner: str, origins: set[str | None]) -> str | None:
+    def _resolve(
+        self, value: str, owner: str | None, origins: set[str | None]
+    ) -> UploadedFile | None:
+        """The live file of ``owner`` that ``value`` names; None when it names none of
+        this server's files. ``LocalFileRefused`` says why a file it names is unusable."""
         named = _named_file(value)
         if named is None:
             return None
@@ -124,8 +120,13 @@ class FileInputs:
         uploaded = self.uploads.find(file_id)
         if uploaded is None:
             # Someone else's URL that merely looks like ours is left to the fetcher.
-            return _not_yours(file_id) if origin in origins else None
-        return self._unusable(uploaded, owner)
+            if origin in origins:
+                raise LocalFileRefused(_not_yours(file_id))
+            return None
+        reason = self._unusable(uploaded, owner)
+        if reason is not None:
+            raise LocalFileRefused(reason)
+        return uploaded
 
     def _unusable(self, uploaded: UploadedFile, owner: str | None) -> str | None:
         if owner is not None and uploaded.api_key_id != owner:
