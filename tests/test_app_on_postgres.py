@@ -22,13 +22,15 @@ def postgres_url() -> Iterator[str]:
     yield from temporary_postgres_url()
 
 
+@pytest.fixture
+def postgres_settings(postgres_url: str, tmp_path: Path, tiny_weights: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", weights_dir=tiny_weights, database_url=postgres_url)
+
+
 def test_predictions_run_list_and_cancel_on_postgres(
-    postgres_url: str, tmp_path: Path, tiny_weights: Path
+    postgres_url: str, postgres_settings: Settings
 ) -> None:
-    settings = Settings(
-        data_dir=tmp_path / "data", weights_dir=tiny_weights, database_url=postgres_url
-    )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(postgres_settings)) as client:
         auth = {"Authorization": f"Bearer {make_token(client)}"}
         done = client.post(
             "/replicate/v1/predictions",
@@ -53,15 +55,10 @@ def test_predictions_run_list_and_cancel_on_postgres(
     assert "Using seed:" in row.logs
 
 
-def test_a_nul_character_in_any_input_breaks_no_write(
-    postgres_url: str, tmp_path: Path, tiny_weights: Path
-) -> None:
-    """PostgreSQL text cannot hold NUL: a prompt with one, logged and echoed in an error,
-    still ends as a terminal prediction with its rows written."""
-    settings = Settings(
-        data_dir=tmp_path / "data", weights_dir=tiny_weights, database_url=postgres_url
-    )
-    with TestClient(create_app(settings)) as client:
+def test_a_nul_character_in_any_input_breaks_no_write(postgres_settings: Settings) -> None:
+    """PostgreSQL text cannot hold NUL: a prompt with one is stored, run and echoed as
+    sent. (NUL in logs and errors: test_store.py, on PostgreSQL too.)"""
+    with TestClient(create_app(postgres_settings)) as client:
         auth = {"Authorization": f"Bearer {make_token(client)}"}
         done = client.post(
             "/replicate/v1/predictions",
