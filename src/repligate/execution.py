@@ -26,7 +26,7 @@ from repligate.models.spec import ModelSpec
 from repligate.providers.base import Provider
 from repligate.queue.base import CancelFlags
 from repligate.registry import Registry
-from repligate.storage.base import SCHEME, Storage
+from repligate.storage.base import Storage, keys_in, map_leaves
 from repligate.transitions import Transitions
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,8 @@ class Executor:
             if finished is None:
                 # Canceled (or ended elsewhere) while the last files were written: the
                 # prediction keeps what it had, and these files belong to nobody.
-                delete_files(self._storage, _unreferenced(output, ctx.outputs))
+                for key in keys_in(output) - keys_in(ctx.outputs):
+                    self._storage.delete(key)
 
     def _final_output(self, prediction_id: str, returned: Any, ctx: _Context) -> Any:
         if ctx.outputs:
@@ -198,34 +199,20 @@ class Executor:
 def store_files(storage: Storage, prediction_id: str, output: Any) -> Any:
     """Write every ``OutputFile`` in an output (any JSON shape) to storage; the same shape
     comes back with ``storage:<key>`` references in their place."""
-    if isinstance(output, OutputFile):
-        return storage.put(
-            f"predictions/{prediction_id}/{output.name}", output.data, output.content_type
-        )
-    if isinstance(output, list):
-        return [store_files(storage, prediction_id, item) for item in output]
-    if isinstance(output, dict):
-        return {k: store_files(storage, prediction_id, v) for k, v in output.items()}
-    return output
 
+    def put(value: Any) -> Any:
+        if isinstance(value, OutputFile):
+            key = f"predictions/{prediction_id}/{value.name}"
+            return storage.put(key, value.data, value.content_type)
+        return value
 
-def _references(output: Any) -> set[str]:
-    if isinstance(output, str):
-        return {output} if output.startswith(SCHEME) else set()
-    if isinstance(output, list):
-        return set().union(*(_references(item) for item in output))
-    if isinstance(output, dict):
-        return set().union(*(_references(v) for v in output.values()))
-    return set()
-
-
-def _unreferenced(output: Any, kept: Any) -> Any:
-    return sorted(_references(output) - _references(kept))
+    return map_leaves(output, put)
 
 
 def delete_files(storage: Storage, output: Any) -> None:
-    for reference in _references(output):
-        storage.delete(reference[len(SCHEME) :])
+    """Remove the files an output refers to."""
+    for key in keys_in(output):
+        storage.delete(key)
 
 
 def _check_json(output: Any) -> None:

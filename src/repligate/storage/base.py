@@ -9,6 +9,7 @@ downloads an object. ``open`` raises ``FileNotFoundError`` for a key it does not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
 SCHEME = "storage:"
@@ -47,14 +48,34 @@ def reference(key: str) -> str:
     return SCHEME + key
 
 
+def map_leaves(output: Any, change: Callable[[Any], Any]) -> Any:
+    """The same JSON shape (lists, dicts) with ``change`` applied to every other value."""
+    if isinstance(output, list):
+        return [map_leaves(item, change) for item in output]
+    if isinstance(output, dict):
+        return {k: map_leaves(v, change) for k, v in output.items()}
+    return change(output)
+
+
+def keys_in(output: Any) -> set[str]:
+    """The storage keys an output (any JSON shape) refers to."""
+    found: set[str] = set()
+
+    def collect(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(SCHEME):
+            found.add(value[len(SCHEME) :])
+        return value
+
+    map_leaves(output, collect)
+    return found
+
+
 def resolve_output(output: Any, storage: Storage, base_url: str) -> Any:
     """Replace every ``storage:<key>`` string in an output (any JSON shape) by its URL."""
-    if isinstance(output, str):
-        if output.startswith(SCHEME):
-            return storage.url(output[len(SCHEME) :], base_url)
-        return output
-    if isinstance(output, list):
-        return [resolve_output(item, storage, base_url) for item in output]
-    if isinstance(output, dict):
-        return {k: resolve_output(v, storage, base_url) for k, v in output.items()}
-    return output
+
+    def url(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith(SCHEME):
+            return storage.url(value[len(SCHEME) :], base_url)
+        return value
+
+    return map_leaves(output, url)
