@@ -44,21 +44,25 @@ class CompletionNotifier:
     def notify(self, prediction_id: str, prediction: Prediction | None = None) -> None:
         with self._lock:
             waiters = list(self._waiters.get(prediction_id, []))
-        for loop, event in waiters:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(_complete, event, prediction)
+        _wake(waiters, prediction)
 
     def notify_all(self) -> None:
         """Wake every waiter (the server is stopping: they answer with what they have)."""
         with self._lock:
             waiters = [w for ws in self._waiters.values() for w in ws]
-        for loop, event in waiters:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(event.set)
+        _wake(waiters, None)
 
     def on_event(self, event: PredictionEvent) -> None:
         if event.kind is EventKind.COMPLETED:
             self.notify(event.prediction.id, event.prediction)
+
+
+def _wake(
+    waiters: list[tuple[asyncio.AbstractEventLoop, Completion]], prediction: Prediction | None
+) -> None:
+    for loop, event in waiters:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(_complete, event, prediction)
 
 
 def _complete(event: Completion, prediction: Prediction | None) -> None:
