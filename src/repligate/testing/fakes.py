@@ -7,6 +7,7 @@ Wire them in with ``app.build_container(settings, queue=..., provider=..., clock
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -146,12 +147,11 @@ class ScriptedProvider:
 
 
 def _wait_for_cancel(ctx: RunContext, timeout: float) -> None:
-    stop = threading.Event()
-    deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-    while datetime.now(UTC) < deadline:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         if ctx.canceled():
             raise Canceled()
-        stop.wait(0.01)
+        time.sleep(0.01)
     raise TimeoutError("the script waited for a cancel that never came")
 
 
