@@ -23,9 +23,7 @@ def check_input(values: dict[str, Any]) -> list[InvalidField]:
     # The original fails the prediction with a KeyError; refusing at create is better.
     unknown = unknown_classes(values["objects_to_remove"])
     if unknown:
-        return [
-            InvalidField("enum", "input.objects_to_remove", unknown_classes_message(unknown))
-        ]
+        return [InvalidField("enum", "input.objects_to_remove", unknown_classes_message(unknown))]
     return []
 
 

@@ -49,6 +49,8 @@ class SpectralNormConv(nn.Module):
         # spectral_norm's dim: 1 for transposed convolutions (their output channels).
         self.dim = 1 if transposed else 0
         rows = shape[self.dim]
+        self.weight_u: torch.Tensor
+        self.weight_v: torch.Tensor
         self.register_buffer("weight_u", F.normalize(torch.randn(rows), dim=0))
         self.register_buffer("weight_v", F.normalize(torch.randn(self.matrix().shape[1]), dim=0))
         self.stride, self.padding, self.dilation = stride, padding, dilation
@@ -72,6 +74,14 @@ class SpectralNormConv(nn.Module):
         return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation)
 
     def _load_from_state_dict(self, state: dict[str, Any], prefix: str, *args: Any) -> None:
+        u = state.get(prefix + "weight_u")
+        rows, columns = self.weight_orig.shape[:2]
+        if self.transposed and u is not None and u.shape[0] == rows != columns:
+            # Before PyTorch 1.0, spectral_norm normalised transposed convolutions along
+            # dim 0 too: u has the input channels' length.
+            self.dim = 0
+            self.weight_u = torch.empty_like(u)
+            self.weight_v = torch.empty(self.matrix().shape[1])
         # Saved before PyTorch 1.0: ``weight`` (normalised) instead of ``weight_v``. Any v
         # with u . (W v) = sigma gives the same weight; sigma is weight_orig / weight.
         old = prefix + "weight"
@@ -167,9 +177,7 @@ class _Generator(nn.Module):
             _norm(width * 4),
             nn.ReLU(True),
         )
-        self.middle = nn.Sequential(
-            *(ResnetBlock(width * 4, 2, spectral) for _ in range(blocks))
-        )
+        self.middle = nn.Sequential(*(ResnetBlock(width * 4, 2, spectral) for _ in range(blocks)))
         self.decoder = nn.Sequential(
             _conv(width * 4, width * 2, 4, spectral, stride=2, padding=1, transposed=True),
             _norm(width * 2),

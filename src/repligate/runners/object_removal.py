@@ -20,6 +20,7 @@ change the mask's argmax and the kept pixels).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,21 +112,23 @@ def load_networks(directory: Path) -> Any:
     from repligate.runners.deeplab import DeepLabV3
     from repligate.runners.edgeconnect import EdgeGenerator, InpaintGenerator
 
-    builders = (DeepLabV3.from_state_dict, EdgeGenerator.from_state_dict)
-    builders += (InpaintGenerator.from_state_dict,)
+    builders: list[Callable[[Any], Any]] = [
+        DeepLabV3.from_state_dict,
+        EdgeGenerator.from_state_dict,
+        InpaintGenerator.from_state_dict,
+    ]
     loaded = []
     for name, build in zip(weights_files(), builders, strict=True):
         try:
-            loaded.append(build(torch.load(directory / name, map_location="cpu", weights_only=True)))
+            state = torch.load(directory / name, map_location="cpu", weights_only=True)
+            loaded.append(build(state))
         except Exception as exc:
             # Not a checkpoint, or one of another network (keys, shapes): the file's fault.
             # ValueError is what the weights locator reports as a weights problem.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"{name} is not usable: {first[:300]}") from exc
     segmentation, edge, inpaint = loaded
-    networks = torch.nn.ModuleDict(
-        {"segmentation": segmentation, "edge": edge, "inpaint": inpaint}
-    )
+    networks = torch.nn.ModuleDict({"segmentation": segmentation, "edge": edge, "inpaint": inpaint})
     return networks.eval()
 
 

@@ -41,7 +41,9 @@ def object_removal(target: Path, seed: int = 30) -> None:
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.weight.uniform_(0.5, 1.0)
                 module.bias.zero_()
-        segmentation.classifier[4].bias.zero_()
+        last = segmentation.classifier[4]
+        assert isinstance(last, torch.nn.Conv2d) and last.bias is not None
+        last.bias.zero_()
     torch.save(segmentation.state_dict(), target / WEIGHTS_FILE)
     for generator, name in (
         (EdgeGenerator(width=EDGECONNECT_WIDTH), EDGE_WEIGHTS_FILE),
