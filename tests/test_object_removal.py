@@ -249,3 +249,27 @@ def test_the_official_client_with_an_open_file(
     assert_kept_outside_and_changed_inside(result, labels, [name])
     [uploaded] = client.files.list()
     assert uploaded.name == "street.png"
+
+
+def test_without_scikit_image_it_is_refused_at_create_naming_what_to_install(
+    client: TestClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "skimage" else real_find_spec(name, *args),
+    )
+    response = client.post(
+        "/v1/predictions",
+        json={"version": REF, "input": {"image_path": data_uri(PICTURE)}},
+        headers=auth,
+    )
+    problem = assert_problem(response, 422)
+    assert problem["detail"] == (
+        "sujaykhandekar/object-removal runs locally with torch, skimage, and this install "
+        "lacks skimage: install repligate with its `local` extra (pip install "
+        "'repligate[local]', or make install)."
+    )
