@@ -87,11 +87,25 @@ def assert_kept_outside_and_changed_inside(
     return inside
 
 
+def weights_bytes(directory: Path) -> int:
+    """Bytes of every tensor in the three weights files."""
+    total = 0
+    for path in directory.glob("*.pth"):
+        state = torch.load(path, weights_only=True)
+        tensors = state.get("generator", state)
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+    return total
+
+
 def test_the_named_class_is_painted_out_and_the_rest_kept(
-    client: TestClient, auth: dict[str, str], labels: np.ndarray
+    client: TestClient, auth: dict[str, str], labels: np.ndarray, tiny_weights: Path
 ) -> None:
     name = classes_by_share(labels)[0]
     assert_kept_outside_and_changed_inside(removed(client, auth, name), labels, [name])
+    # Loaded once into the pipeline cache, where its memory counts.
+    assert "sujaykhandekar/object-removal" in client.get("/health").json()["models_loaded"]
+    held = client.app.state.container.provider.env().pipelines.held_bytes()  # type: ignore[attr-defined]
+    assert held == weights_bytes(tiny_weights / KEY)
 
 
 def test_several_classes_at_once_remove_their_union(
