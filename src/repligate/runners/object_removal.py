@@ -122,6 +122,8 @@ def load_networks(directory: Path) -> Any:
         try:
             state = torch.load(directory / name, map_location="cpu", weights_only=True)
             loaded.append(build(state))
+        except MemoryError:
+            raise
         except Exception as exc:
             # Not a checkpoint, or one of another network (keys, shapes): the file's fault.
             # ValueError is what the weights locator reports as a weights problem.
