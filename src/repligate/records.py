@@ -136,3 +136,5 @@ class WebhookDelivery:
     last_attempt_at: datetime | None
     last_status_code: int | None
     last_error: str | None
+    # The prediction's changing fields at this event (store/webhooks.snapshot).
+    snapshot: dict[str, Any] | None = None

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # Webhooks (webhooks.py). Like file fetches, they never reach private, loopback or
     # metadata addresses unless allowed; every redirect is checked again.
     webhook_allow_private: bool = False
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list, description='CIDRs webhooks may reach, e.g. ["10.1.0.0/16"]'
+    )
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="One attempt")
     webhook_max_redirects: int = Field(default=3, ge=0, le=10)
     # The completed event is retried with backoff (1 s, 2 s, 4 s ...) until this long after

@@ -12,6 +12,7 @@ are refused unless ``REPLIGATE_WEBHOOK_ALLOW_PRIVATE=true``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,11 +58,12 @@ class WebhookSender:
         self,
         *,
         allow_private: bool = False,
+        allowed_networks: Iterable[str] = (),
         timeout: float = 10.0,
         max_redirects: int = 3,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.policy = AddressPolicy(allow_private=allow_private)
+        self.policy = AddressPolicy(allow_private=allow_private, allowed_networks=allowed_networks)
         self.timeout = timeout
         self.max_redirects = max_redirects
         self._ssl_context = ssl_context
@@ -70,6 +72,7 @@ class WebhookSender:
     def from_settings(cls, settings: Settings) -> WebhookSender:
         return cls(
             allow_private=settings.webhook_allow_private,
+            allowed_networks=settings.webhook_allowed_networks,
             timeout=settings.webhook_timeout_seconds,
             max_redirects=settings.webhook_max_redirects,
         )

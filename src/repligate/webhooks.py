@@ -4,8 +4,8 @@ The deliveries themselves are written by the store in the transaction of the cha
 tell of (``store/webhooks.py``), so none is lost to a crash. This module sends them:
 
 - in the order of the prediction's changes, the body being the prediction object as
-  ``GET`` shows it, as it stood at that change (the bus event's snapshot; after a restart,
-  the prediction as it stands now);
+  ``GET`` shows it, as it stood at that change (the outbox row keeps its changing
+  fields, so this holds after a restart too);
 - ``output`` and ``logs`` at most once per ``throttle_seconds`` per prediction: a newer
   one supersedes those still waiting, and a pending ``completed`` supersedes them all
   (it carries the final output and logs);
@@ -15,8 +15,8 @@ tell of (``store/webhooks.py``), so none is lost to a crash. This module sends t
 - signed with Standard Webhooks headers (``webhook-id``, the same across retries;
   ``webhook-timestamp``; ``webhook-signature``) with the owner key's ``whsec_`` secret.
 
-It is a subscriber of the event bus only to learn that something is due (and the
-snapshot to send); it writes no status. Several processes may drain one outbox: each
+It is a subscriber of the event bus only to learn that something is due; it writes no
+status. Several processes may drain one outbox: each
 delivery is claimed (a lease) before it is sent.
 """
 
@@ -72,7 +72,6 @@ class WebhookDeliverer:
         self._workers = workers
         # A claimed delivery is due again after this (its sender died meanwhile).
         self._lease = timedelta(seconds=sender.timeout * (sender.max_redirects + 1) + 30)
-        self._snapshots: dict[tuple[str, str], Prediction] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -83,11 +82,8 @@ class WebhookDeliverer:
     # -- the bus ------------------------------------------------------------------------
 
     def on_event(self, event: PredictionEvent) -> None:
-        if not store.wants(event.prediction, event.kind.value):
-            return
-        with self._lock:
-            self._snapshots[(event.prediction.id, event.kind.value)] = event.prediction
-        self._wake.set()
+        if store.wants(event.prediction, event.kind.value):
+            self._wake.set()
 
     # -- secrets ------------------------------------------------------------------------
 
@@ -137,10 +133,12 @@ class WebhookDeliverer:
 
     def _attempt(self, delivery: WebhookDelivery, now: datetime) -> bool:
         """Send once and record it; False when the delivery will be retried."""
-        prediction = self._snapshot(delivery)
-        if prediction is None:  # the prediction is gone: nothing to tell
+        with db.connect(self._sessions) as session:
+            current = prediction_store.get(session, delivery.prediction_id)
+        if current is None:  # the prediction is gone: nothing to tell
             self._finish(delivery, store.FAILED)
             return True
+        prediction = store.as_of(current, delivery.snapshot)
         body = json.dumps(self._render(prediction), separators=(",", ":"))
         signed_at = datetime.now(UTC)  # real time: receivers check it against theirs
         signature = Webhook(self.secret(prediction.api_key_id)).sign(delivery.id, signed_at, body)
@@ -170,31 +168,11 @@ class WebhookDeliverer:
         attempt = WebhookAttempt(now, result.url, result.status_code, error, result.seconds)
         with db.connect(self._sessions) as session:
             store.record_attempt(session, delivery, attempt, state=state, next_attempt_at=retry_at)
-        if state != store.PENDING:
-            self._forget(delivery)
         return state != store.PENDING
-
-    def _snapshot(self, delivery: WebhookDelivery) -> Prediction | None:
-        with self._lock:
-            found = self._snapshots.get((delivery.prediction_id, delivery.event))
-        if found is not None:
-            return found
-        with db.connect(self._sessions) as session:
-            return prediction_store.get(session, delivery.prediction_id)
 
     def _finish(self, delivery: WebhookDelivery, state: str) -> None:
         with db.connect(self._sessions) as session:
             store.set_state(session, delivery.id, state=state)
-        self._forget(delivery)
-
-    def _forget(self, delivery: WebhookDelivery) -> None:
-        with self._lock:
-            if delivery.event == "completed":
-                # Nothing of this prediction is sent after its completion.
-                for key in [k for k in self._snapshots if k[0] == delivery.prediction_id]:
-                    del self._snapshots[key]
-            else:
-                self._snapshots.pop((delivery.prediction_id, delivery.event), None)
 
     # -- the background sender ----------------------------------------------------------
 

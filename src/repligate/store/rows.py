@@ -141,6 +141,10 @@ class WebhookDeliveryRow(Base):
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_status_code: Mapped[int | None] = mapped_column(nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What of the prediction changes (status, output, logs ...) as it stood at this event:
+    # the body is the prediction then, even when sent after a restart. Cleared once the
+    # delivery is final.
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class WebhookAttemptRow(Base):

@@ -9,6 +9,7 @@ its delivery are committed together or not at all.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import secrets
 import time
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from repligate.lifecycle import Status
 from repligate.records import Prediction, WebhookAttempt, WebhookDelivery
 from repligate.store.db import Db
 from repligate.store.rows import WebhookAttemptRow, WebhookDeliveryRow, WebhookSecretRow
@@ -47,6 +49,45 @@ def delivery_id(prediction_id: str, event: str) -> str:
     return f"msg_{prediction_id}_{secrets.token_hex(6)}"
 
 
+def snapshot(prediction: Prediction) -> dict[str, Any]:
+    """The fields of a prediction that change while it runs, as JSON."""
+    return {
+        "status": prediction.status.value,
+        "output": prediction.output,
+        "logs": prediction.logs,
+        "error": prediction.error,
+        "started_at": _iso(prediction.started_at),
+        "completed_at": _iso(prediction.completed_at),
+        "predict_time": prediction.predict_time,
+        "total_time": prediction.total_time,
+    }
+
+
+def as_of(prediction: Prediction, fields: dict[str, Any] | None) -> Prediction:
+    """``prediction`` as it stood when ``fields`` (a ``snapshot``) were taken."""
+    if fields is None:
+        return prediction
+    return dataclasses.replace(
+        prediction,
+        status=Status(fields["status"]),
+        output=fields["output"],
+        logs=fields["logs"],
+        error=fields["error"],
+        started_at=_datetime(fields["started_at"]),
+        completed_at=_datetime(fields["completed_at"]),
+        predict_time=fields["predict_time"],
+        total_time=fields["total_time"],
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _datetime(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value is not None else None
+
+
 def enqueue(session: Db, prediction: Prediction, event: str, now: datetime) -> bool:
     """Add the delivery of ``event`` if the prediction's webhook wants it (no commit)."""
     if not wants(prediction, event):
@@ -66,6 +107,7 @@ def enqueue(session: Db, prediction: Prediction, event: str, now: datetime) -> b
             attempts=0,
             created_at=now,
             next_attempt_at=now,
+            snapshot=snapshot(prediction),
         ),
     )
     return True
@@ -85,6 +127,7 @@ def _delivery(row: Any) -> WebhookDelivery:
         last_attempt_at=row.last_attempt_at,
         last_status_code=row.last_status_code,
         last_error=row.last_error,
+        snapshot=row.snapshot,
     )
 
 
@@ -136,10 +179,11 @@ def set_state(
     state: str,
     next_attempt_at: datetime | None = None,
 ) -> None:
+    final = {} if state == PENDING else {"snapshot": None}
     session.execute(
         update(_DELIVERIES)
         .where(_D.id == delivery_id_, _D.state == PENDING)
-        .values(state=state, next_attempt_at=next_attempt_at)
+        .values(state=state, next_attempt_at=next_attempt_at, **final)
     )
     session.commit()
 
@@ -174,6 +218,7 @@ def record_attempt(
             last_attempt_at=attempt.attempted_at,
             last_status_code=attempt.status_code,
             last_error=attempt.error,
+            **({} if state == PENDING else {"snapshot": None}),
         )
     )
     session.commit()

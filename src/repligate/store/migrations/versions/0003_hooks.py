@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("last_attempt_at", UTCDateTime(), nullable=True),
         sa.Column("last_status_code", sa.Integer(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("snapshot", sa.JSON(), nullable=True),
     )
     op.create_index("ix_webhook_deliveries_due", "webhook_deliveries", ["state", "next_attempt_at"])
     op.create_index(
