@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,15 @@ from repligate.events import Log
 from repligate.settings import Settings
 from repligate.testing.fakes import Gate, ScriptedProvider
 from tests.api_helpers import assert_problem
-from tests.fake_app import fake_app
+from tests.fake_app import SD, FakeApp, fake_app
+
+
+def _create(app: FakeApp, cancel_after: str) -> Any:
+    return app.client.post(
+        f"/v1/models/{SD}/predictions",
+        json={"input": {"prompt": "a fox"}},
+        headers={**app.auth, "Cancel-After": cancel_after},
+    )
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -38,9 +47,9 @@ def test_bad_or_short_durations_are_refused(text: str) -> None:
 
 def test_a_bad_header_is_a_422_and_creates_nothing(tmp_path: Path) -> None:
     with fake_app(_settings(tmp_path), ScriptedProvider()) as app:
-        problem = assert_problem(app.create(**{"Cancel-After": "3s"}), 422)
+        problem = assert_problem(_create(app, "3s"), 422)
         assert "at least 5 seconds" in problem["detail"]
-        problem = assert_problem(app.create(**{"Cancel-After": "tomorrow"}), 422)
+        problem = assert_problem(_create(app, "tomorrow"), 422)
         assert "Cancel-After" in problem["detail"]
         assert app.client.get("/v1/predictions", headers=app.auth).json()["results"] == []
 
@@ -49,8 +58,8 @@ def test_the_deadline_cancels_what_runs_too_long(tmp_path: Path) -> None:
     gate = Gate()
     provider = ScriptedProvider(script=[Log("working"), gate], returns="late")
     with fake_app(_settings(tmp_path), provider) as app:
-        running = app.create(**{"Cancel-After": "1m"}).json()
-        queued = app.create(**{"Cancel-After": "90s"}).json()
+        running = _create(app, "1m").json()
+        queued = _create(app, "90s").json()
         plain = app.create().json()
         assert running["deadline"] == "2026-01-01T00:01:00.000000Z"
         assert queued["deadline"] == "2026-01-01T00:01:30.000000Z"
@@ -82,7 +91,7 @@ def test_the_deadline_cancels_what_runs_too_long(tmp_path: Path) -> None:
 
 def test_a_prediction_that_finishes_in_time_keeps_its_result(tmp_path: Path) -> None:
     with fake_app(_settings(tmp_path), ScriptedProvider(returns="done"), inline=True) as app:
-        done = app.create(**{"Cancel-After": "5s"}).json()
+        done = _create(app, "5s").json()
         app.clock.advance(10)
         app.container.deadlines.expire_due()
         shown = app.get(done["id"])
@@ -92,7 +101,7 @@ def test_a_prediction_that_finishes_in_time_keeps_its_result(tmp_path: Path) -> 
 def test_deadlines_are_kept_across_a_restart(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
     with fake_app(settings, ScriptedProvider()) as app:
-        queued = app.create(**{"Cancel-After": "10s"}).json()
+        queued = _create(app, "10s").json()
         auth = app.auth
     with fake_app(settings, ScriptedProvider()) as again:
         again.clock.advance(11)

@@ -30,7 +30,8 @@ Event = tuple[str, str, str]  # (event, id, data)
 
 def parse(lines: Iterable[str]) -> Iterator[Event]:
     """SSE events from lines, as a strict client reads them."""
-    event, event_id, data = "", "", []
+    event, event_id = "", ""
+    data: list[str] = []
     for line in lines:
         if line == "":
             if event:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import secrets
-import time
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from repligate.lifecycle import Status
@@ -97,9 +96,13 @@ def enqueue(session: Db, prediction: Prediction, event: str, now: datetime) -> b
         insert(_DELIVERIES),
         dict(
             id=delivery_id(prediction.id, event),
-            # Writes of one prediction are serialised (transitions.py), so the clock
-            # orders them.
-            seq=time.time_ns(),
+            # Writes of one prediction are serialised (transitions.py): one after the
+            # prediction's last delivery.
+            seq=session.scalar(
+                select(func.coalesce(func.max(_D.seq), 0) + 1).where(
+                    _D.prediction_id == prediction.id
+                )
+            ),
             prediction_id=prediction.id,
             event=event,
             url=prediction.webhook,
