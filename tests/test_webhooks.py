@@ -10,6 +10,7 @@ The deliverer runs no thread here (``webhook_workers=0``): the test drains the o
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from repligate.store import webhooks as outbox
 from repligate.testing.fakes import Gate, ScriptedProvider
 from tests.api_helpers import assert_problem
 from tests.fake_app import FakeApp, fake_app
+from tests.test_store import temporary_postgres_url
 from tests.webhook_receiver import Received, webhook_receiver
 
 LOOPBACK = ["127.0.0.0/8"]
@@ -313,3 +315,35 @@ def test_delivery_log_of_a_prediction_without_webhook(
     monkeypatch.setenv("REPLIGATE_DATA_DIR", str(settings.data_dir))
     result = CliRunner().invoke(cli, ["webhooks", "nosuchprediction"])
     assert result.exit_code == 1
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    yield from temporary_postgres_url()
+
+
+def test_the_outbox_works_on_postgres(tmp_path: Path, postgres_url: str) -> None:
+    settings = _settings(tmp_path, database_url=postgres_url)
+    provider = ScriptedProvider(script=[Log("x"), Output("a")], returns=None)
+    with webhook_receiver() as receiver, fake_app(settings, provider, inline=True) as app:
+        secret = _secret(app)
+        receiver.answers = [200, 502]  # the start, then the first try of completed
+        prediction_id = _create(app, receiver.url)
+        app.container.webhooks.deliver_due()
+        app.clock.advance(1)
+        app.container.webhooks.deliver_due()
+        with db.connect(app.container.sessions) as session:
+            log = outbox.delivery_log(session, prediction_id)
+    # Run inline, so the completion superseded the output and logs events waiting.
+    assert [_verified(r, secret)["status"] for r in receiver.received] == [
+        "processing",
+        "succeeded",
+        "succeeded",
+    ]
+    assert [(d.event, d.state, d.attempts) for d, _ in log] == [
+        ("start", "delivered", 1),
+        ("logs", "superseded", 0),
+        ("output", "superseded", 0),
+        ("completed", "delivered", 2),
+    ]
+    assert [a.status_code for a in log[-1][1]] == [502, 200]

@@ -176,6 +176,7 @@ def build_container(
     streams = StreamHub()
     bus.subscribe(streams.on_event)
     service.on_stop_waiting(streams.close_all)
+    bus.subscribe(deadlines.on_event)
     return Container(
         settings,
         engine,

@@ -22,6 +22,7 @@ import re
 import threading
 from datetime import datetime
 
+from repligate.bus import EventKind, PredictionEvent
 from repligate.clock import Clock
 from repligate.errors import InvalidRequest
 from repligate.lifecycle import Status
@@ -64,6 +65,7 @@ class DeadlineWatcher:
         self._queue = queue
         self._clock = clock
         self._heap: list[tuple[datetime, str]] = []
+        self._watched: dict[str, datetime] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -71,8 +73,21 @@ class DeadlineWatcher:
 
     def watch(self, prediction_id: str, deadline: datetime) -> None:
         with self._lock:
+            self._watched[prediction_id] = deadline
             heapq.heappush(self._heap, (deadline, prediction_id))
         self._wake.set()
+
+    def on_event(self, event: PredictionEvent) -> None:
+        """A bus subscriber: a prediction that completed needs no watching any more."""
+        if event.kind is not EventKind.COMPLETED:
+            return
+        with self._lock:
+            if self._watched.pop(event.prediction.id, None) is None:
+                return
+            # Finished ones leave the heap lazily; rebuilt when they are most of it.
+            if len(self._heap) > 2 * len(self._watched) + 1000:
+                self._heap = [(d, p) for d, p in self._heap if p in self._watched]
+                heapq.heapify(self._heap)
 
     def expire_due(self) -> list[str]:
         """Cancel every watched prediction whose deadline has passed; returns the ids
@@ -81,7 +96,10 @@ class DeadlineWatcher:
         due = []
         with self._lock:
             while self._heap and self._heap[0][0] <= now:
-                due.append(heapq.heappop(self._heap))
+                deadline, prediction_id = heapq.heappop(self._heap)
+                if self._watched.get(prediction_id) == deadline:
+                    del self._watched[prediction_id]
+                    due.append((deadline, prediction_id))
         canceled = []
         for deadline, prediction_id in due:
             note = CANCELED_NOTE.format(deadline=deadline.isoformat(timespec="seconds"))
