@@ -143,6 +143,8 @@ def test_the_official_client_streams_unchanged(
     with LiveServer(create_app(settings, build_container(settings, provider=provider))) as server:
         client = replicate.Client(api_token=server.make_token(), base_url=server.url)
         events = list(client.stream(SD, input={"prompt": "hi"}))
+        # The client's way to the webhook signing secret works too.
+        assert client.webhooks.default.secret().key.startswith("whsec_")
     assert "".join(str(e) for e in events) == "Hello, world"
     # Live or late (the run may finish before the stream opens), the same content.
     names = [e.event.value for e in events]
