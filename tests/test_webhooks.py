@@ -10,23 +10,27 @@ The deliverer runs no thread here (``webhook_workers=0``): the test drains the o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from replicate.webhook import Webhooks, WebhookSigningSecret
 from standardwebhooks import Webhook, WebhookVerificationError
 from typer.testing import CliRunner
 
+from repligate.app import build_container, create_app
 from repligate.cli import app as cli
 from repligate.events import Log, Output
 from repligate.settings import Settings
 from repligate.store import db
 from repligate.store import webhooks as outbox
 from repligate.testing.fakes import Gate, ScriptedProvider
+from repligate.testing.live_server import LiveServer
 from tests.api_helpers import assert_problem
-from tests.fake_app import FakeApp, fake_app
+from tests.fake_app import SD, FakeApp, fake_app
 from tests.test_store import temporary_postgres_url
 from tests.webhook_receiver import Received, webhook_receiver
 
@@ -347,3 +351,26 @@ def test_the_outbox_works_on_postgres(tmp_path: Path, postgres_url: str) -> None
         ("completed", "delivered", 2),
     ]
     assert [a.status_code for a in log[-1][1]] == [502, 200]
+
+
+def test_the_background_sender_delivers_on_a_live_server(tmp_path: Path) -> None:
+    """As served: the deliverer's own threads send, on the real clock."""
+    settings = _settings(tmp_path, webhook_workers=2)
+    provider = ScriptedProvider(script=[Log("x")], returns="done")
+    app = create_app(settings, build_container(settings, provider=provider))
+    with webhook_receiver() as receiver, LiveServer(app) as server:
+        auth = {"Authorization": f"Bearer {server.make_token()}"}
+        secret = httpx.get(f"{server.url}/v1/webhooks/default/secret", headers=auth).json()["key"]
+        created = httpx.post(
+            f"{server.url}/v1/models/{SD}/predictions",
+            json={"input": {"prompt": "a"}, "webhook": receiver.url},
+            headers=auth,
+        ).json()
+        deadline = time.monotonic() + 60
+        while "succeeded" not in receiver.statuses() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    bodies = [_verified(r, secret) for r in receiver.received]
+    assert bodies[0]["id"] == created["id"]
+    assert [b["status"] for b in bodies][-1] == "succeeded"
+    assert [b["status"] for b in bodies].count("succeeded") == 1
+    assert bodies[-1]["urls"]["get"] == created["urls"]["get"]  # the creator's base URL
