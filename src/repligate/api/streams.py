@@ -22,7 +22,7 @@ router = APIRouter()
 # Without news from the bus, a stream re-reads its prediction this often (another
 # process may be running it) and sends a comment, which also keeps proxies from
 # closing an idle connection.
-POLL_SECONDS = 5.0
+POLL_SECONDS = 15.0
 
 
 @router.get("/predictions/{prediction_id}/stream")
