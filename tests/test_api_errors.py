@@ -134,12 +134,12 @@ def test_missing_and_unknown_body_keys_are_422(client: TestClient, auth: dict[st
     _no_predictions(client, auth)
 
 
-def test_webhook_is_refused_until_delivered(client: TestClient, auth: dict[str, str]) -> None:
+def test_webhook_to_a_private_address_is_refused(client: TestClient, auth: dict[str, str]) -> None:
     for key in ("webhook", "webhook_completed"):
-        body = {"version": SD_REF, "input": FAST_SD_INPUT, key: "https://example.com/hook"}
+        body = {"version": SD_REF, "input": FAST_SD_INPUT, key: "http://127.0.0.1:9/hook"}
         problem = assert_problem(_post(client, auth, body), 422)
         assert "webhook" in problem["detail"].lower()
-        assert "not delivered" in problem["detail"]
+        assert "REPLIGATE_WEBHOOK_ALLOW_PRIVATE" in problem["detail"]
     _no_predictions(client, auth)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from repligate.records import Prediction
 from repligate.store import db, migrate
 from repligate.store import keys as key_store
 from repligate.store import predictions as store
+from repligate.store import webhooks as webhook_store
 from repligate.testing.fakes import FakeClock
 from repligate.transitions import Transitions
 
@@ -62,6 +64,16 @@ def new_prediction(api_key_id: str, prediction_id: str) -> Prediction:
         input={},
         created_at=datetime.now(UTC),
     )
+
+
+def with_webhook(prediction: Prediction) -> Prediction:
+    return dataclasses.replace(prediction, webhook="https://example.com/hook")
+
+
+def webhook_events(sessions: sessionmaker[Session], prediction_id: str) -> list[str]:
+    """The events in the prediction's webhook outbox, in the order they were written."""
+    with sessions() as session:
+        return [d.event for d, _ in webhook_store.delivery_log(session, prediction_id)]
 
 
 def sqlite_sessions(path: str) -> tuple[Engine, sessionmaker[Session]]:
@@ -145,7 +157,7 @@ class PredictionRaces(RuleBasedStateMachine):
     def create(self) -> None:
         prediction_id = f"p{len(self.expected)}"
         with self.sessions() as session:
-            store.insert(session, new_prediction(self.key.id, prediction_id))
+            store.insert(session, with_webhook(new_prediction(self.key.id, prediction_id)))
         self.expected[prediction_id] = Status.STARTING
 
     @rule(index=predictions)
@@ -202,6 +214,8 @@ class PredictionRaces(RuleBasedStateMachine):
             check_event_stream(events)
             completed = [e for e in events if e.kind is EventKind.COMPLETED]
             assert len(completed) == (1 if status.is_terminal else 0)
+            # Each event's webhook delivery was written with it: same events, same order.
+            assert webhook_events(self.sessions, pid) == [e.kind.value for e in events]
 
 
 TestPredictionRaces = PredictionRaces.TestCase
@@ -218,7 +232,7 @@ def test_racing_threads_give_one_completed_event_and_ordered_events(tmp_path: Pa
     with sessions() as session:
         key, _ = key_store.create(session, name="k")
         for n in range(5):
-            store.insert(session, new_prediction(key.id, f"r{n}"))
+            store.insert(session, with_webhook(new_prediction(key.id, f"r{n}")))
     for n in range(5):
         pid = f"r{n}"
         assert transitions.start(pid) is not None
@@ -245,6 +259,7 @@ def test_racing_threads_give_one_completed_event_and_ordered_events(tmp_path: Pa
         events = recorder.events[pid]
         check_event_stream(events)
         assert sum(e.kind is EventKind.COMPLETED for e in events) == 1
+        assert webhook_events(sessions, pid) == [e.kind.value for e in events]
         with sessions() as session:
             final = store.get(session, pid)
         assert final is not None and final.status is events[-1].prediction.status

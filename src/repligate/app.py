@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -17,8 +18,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
 from repligate.api import errors, files, health, models, pages, predictions, uploads, web
+from repligate.api import streams as streams_api
+from repligate.api import webhooks as webhooks_api
 from repligate.bus import EventBus, InProcessBus
 from repligate.clock import Clock, SystemClock
+from repligate.deadlines import DeadlineWatcher
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
 from repligate.file_inputs import FileInputs
@@ -29,6 +33,7 @@ from repligate.providers.base import Provider
 from repligate.providers.local import LocalProvider
 from repligate.queue.base import CancelFlags, Queue
 from repligate.queue.inprocess import InProcessQueue
+from repligate.records import Prediction
 from repligate.registry import Registry
 from repligate.runners.base import RunnerEnv
 from repligate.service import PredictionService
@@ -36,8 +41,11 @@ from repligate.settings import Settings
 from repligate.storage.base import Storage
 from repligate.storage.local import LocalStorage
 from repligate.store import db, migrate
+from repligate.streams import StreamHub
 from repligate.transitions import Transitions
 from repligate.uploads import UploadService
+from repligate.webhook_sender import WebhookSender
+from repligate.webhooks import Render, WebhookDeliverer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,9 @@ class Container:
     service: PredictionService
     links: WebLinks
     uploads: UploadService
+    webhooks: WebhookDeliverer
+    streams: StreamHub
+    deadlines: DeadlineWatcher
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -137,6 +148,8 @@ def build_container(
         )
     else:
         built_queue = queue(executor.execute, flags)
+    sender = WebhookSender.from_settings(settings)
+    deadlines = DeadlineWatcher(transitions, built_queue, clock)
     service = PredictionService(
         sessions=sessions,
         registry=registry,
@@ -147,8 +160,23 @@ def build_container(
         clock=clock,
         page_size=settings.list_page_size,
         file_inputs=file_inputs,
+        webhook_refusal=sender.refusal,
+        deadlines=deadlines,
     )
     links = WebLinks(secret, settings.web_link_ttl_seconds)
+    webhooks = WebhookDeliverer(
+        sessions,
+        sender,
+        _webhook_body(settings, storage, links),
+        clock,
+        retry_seconds=settings.webhook_retry_seconds,
+        workers=settings.webhook_workers,
+    )
+    bus.subscribe(webhooks.on_event)
+    streams = StreamHub()
+    bus.subscribe(streams.on_event)
+    service.on_stop_waiting(streams.close_all)
+    bus.subscribe(deadlines.on_event)
     return Container(
         settings,
         engine,
@@ -160,7 +188,28 @@ def build_container(
         service,
         links,
         upload_service,
+        webhooks,
+        streams,
+        deadlines,
     )
+
+
+def _webhook_body(settings: Settings, storage: Storage, links: WebLinks) -> Render:
+    """A webhook's body: the prediction object as its creator's GET shows it."""
+    from repligate.api.wire import prediction_out
+
+    fallback = settings.public_base_url or f"http://{settings.host}:{settings.port}"
+
+    def render(prediction: Prediction) -> dict[str, Any]:
+        return prediction_out(
+            prediction,
+            storage=storage,
+            base_url=(settings.public_base_url or prediction.base_url or fallback).rstrip("/"),
+            api_prefix=prediction.api_prefix,
+            links=links,
+        )
+
+    return render
 
 
 def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
@@ -171,12 +220,18 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         migrate.upgrade(container.engine)
         container.queue.start()
         container.service.recover()
+        container.webhooks.start()
+        container.deadlines.start()
         try:
             yield
         finally:
+            container.deadlines.stop()
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
             await asyncio.to_thread(container.queue.stop)
+            # After the workers: their last completions are delivered, or stay in the
+            # outbox for the next start.
+            await asyncio.to_thread(container.webhooks.stop)
             container.service.close()
             container.engine.dispose()
 
@@ -187,6 +242,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         app.include_router(predictions.router, prefix=prefix)
         app.include_router(models.router, prefix=prefix)
         app.include_router(uploads.router, prefix=prefix)
+        app.include_router(streams_api.router, prefix=prefix)
+        app.include_router(webhooks_api.router, prefix=prefix)
     app.include_router(files.router)
     app.include_router(web.router)
     app.include_router(pages.router)

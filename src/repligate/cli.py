@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from repligate import cli_webhooks
 from repligate.settings import Settings
 
 if TYPE_CHECKING:
@@ -148,6 +149,9 @@ def predict(
         print(json.dumps(prediction["output"]))
     for path in saved:
         print(path)
+
+
+app.command("webhooks")(cli_webhooks.webhooks)
 
 
 @keys_app.command("create")

@@ -63,6 +63,12 @@ class WebLinks:
         path = quote(prediction_id, safe="")
         return f"{base_url}/p/{path}?expires={expires}&sig={signature}"
 
+    def signed_query(self, prediction_id: str, now: float | None = None) -> str:
+        """``expires=...&sig=...`` for the prediction: what its signed web link carries,
+        also accepted by its stream (``urls.stream``), which shows no more than the page."""
+        expires = int(now if now is not None else time.time()) + self.ttl_seconds
+        return f"expires={expires}&sig={self._signature(prediction_id, expires)}"
+
     def check(
         self,
         prediction_id: str,

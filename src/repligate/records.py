@@ -28,6 +28,11 @@ class Prediction:
     completed_at: datetime | None
     predict_time: float | None
     total_time: float | None
+    # When Cancel-After cancels it, if it was given.
+    deadline: datetime | None = None
+    # Where its creator reached the server: the base of the URLs in its webhook bodies.
+    base_url: str | None = None
+    api_prefix: str = ""
 
     @classmethod
     def starting(
@@ -41,6 +46,9 @@ class Prediction:
         created_at: datetime,
         webhook: str | None = None,
         webhook_events_filter: list[str] | None = None,
+        deadline: datetime | None = None,
+        base_url: str | None = None,
+        api_prefix: str = "",
     ) -> Prediction:
         """A just-created prediction: queued, nothing run yet."""
         return cls(
@@ -61,6 +69,9 @@ class Prediction:
             completed_at=None,
             predict_time=None,
             total_time=None,
+            deadline=deadline,
+            base_url=base_url,
+            api_prefix=api_prefix,
         )
 
 
@@ -95,3 +106,35 @@ class UploadedFile:
     def gone(self, now: datetime) -> bool:
         """Deleted or expired: not shown, not served, not usable as an input."""
         return self.deleted_at is not None or now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One try of a webhook delivery: the answer's status code, or why there was none."""
+
+    attempted_at: datetime
+    url: str
+    status_code: int | None
+    error: str | None
+    seconds: float
+
+
+@dataclass(frozen=True)
+class WebhookDelivery:
+    """One webhook event of a prediction (a row of the outbox) and where it stands."""
+
+    id: str
+    seq: int
+    prediction_id: str
+    event: str
+    url: str
+    # pending, delivered, failed, or superseded (a newer output/logs event replaced it)
+    state: str
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None
+    last_attempt_at: datetime | None
+    last_status_code: int | None
+    last_error: str | None
+    # The prediction's changing fields at this event (store/webhooks.snapshot).
+    snapshot: dict[str, Any] | None = None

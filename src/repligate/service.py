@@ -12,13 +12,14 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import inputs
 from repligate.clock import Clock
+from repligate.deadlines import DeadlineWatcher
 from repligate.errors import (
     AuthenticationError,
     InvalidRequest,
@@ -98,6 +99,8 @@ class PredictionService:
         clock: Clock,
         page_size: int = 100,
         file_inputs: FileInputs | None = None,
+        webhook_refusal: Callable[[str], str | None] | None = None,
+        deadlines: DeadlineWatcher | None = None,
     ) -> None:
         self._sessions = sessions
         self.registry = registry
@@ -108,6 +111,10 @@ class PredictionService:
         self._clock = clock
         self._page_size = page_size
         self._file_inputs = file_inputs
+        # Why a webhook URL is refused at create time (webhook_sender.WebhookSender.refusal).
+        self._webhook_refusal = webhook_refusal
+        self._deadlines = deadlines
+        self._stop_hooks: list[Callable[[], None]] = []
         self._stopping = False
         self._reads_inline = db.reads_inline(sessions)
         self._kept = db.KeptConnection(sessions)
@@ -151,33 +158,45 @@ class PredictionService:
         webhook: str | None = None,
         webhook_events_filter: Sequence[str] | None = None,
         api_base_url: str | None = None,
+        cancel_after: float | None = None,
+        base_url: str | None = None,
+        api_prefix: str = "",
     ) -> Prediction:
+        """``cancel_after``: seconds from now after which it is canceled (Cancel-After).
+        ``base_url`` and ``api_prefix``: where the caller reached the server (its webhook
+        bodies carry the URLs the caller's GET would show)."""
         # Refused here with every bad field; the worker validates again to fill defaults.
         inputs.validate(spec, raw_input)
-        if webhook is not None:
-            raise InvalidRequest(
-                "Webhooks are not delivered by this server yet; leave out `webhook` and "
-                "poll urls.get (or send Prefer: wait)."
-            )
+        if webhook is not None and self._webhook_refusal is not None:
+            refusal = self._webhook_refusal(webhook)
+            if refusal is not None:
+                raise InvalidRequest(f"The webhook URL is refused: {refusal}.")
         reason = self._provider.unavailable(spec)
         if reason is not None:
             raise ModelUnavailable(reason)
         if self._file_inputs is not None:  # large data URIs become files; uploads checked
             raw_input = self._file_inputs.prepare(key, spec, raw_input, api_base_url=api_base_url)
+        created_at = self._clock.now()
+        deadline = created_at + timedelta(seconds=cancel_after) if cancel_after else None
         prediction = Prediction.starting(
             id=new_prediction_id(),
             api_key_id=key.id,
             model=spec.ref,
             version=spec.version,
             input=raw_input,
-            created_at=self._clock.now(),
+            created_at=created_at,
             webhook=webhook,
             webhook_events_filter=list(webhook_events_filter)
             if webhook_events_filter is not None
             else None,
+            deadline=deadline,
+            base_url=base_url,
+            api_prefix=api_prefix,
         )
         with self._connect() as session:
             store.insert(session, prediction)
+        if deadline is not None and self._deadlines is not None:
+            self._deadlines.watch(prediction.id, deadline)
         self._queue.submit(prediction.id)
         return prediction
 
@@ -285,6 +304,12 @@ class PredictionService:
         prediction as it stands (the client then polls), instead of holding the shutdown."""
         self._stopping = True
         self._notifier.notify_all()
+        for hook in self._stop_hooks:
+            hook()
+
+    def on_stop_waiting(self, hook: Callable[[], None]) -> None:
+        """Also call ``hook`` when the server stops (e.g. to end open event streams)."""
+        self._stop_hooks.append(hook)
 
     def run_count(self, spec: ModelSpec) -> int:
         with self._connect() as session:
@@ -298,6 +323,8 @@ class PredictionService:
         with self._connect() as session:
             unfinished = store.unfinished(session)
         for prediction in unfinished:
+            if prediction.deadline is not None and self._deadlines is not None:
+                self._deadlines.watch(prediction.id, prediction.deadline)
             if prediction.status is Status.STARTING:
                 self._queue.submit(prediction.id)
                 requeued += 1

@@ -92,6 +92,21 @@ class Settings(BaseSettings):
         default="private, max-age=3600", description="Cache-Control of output files"
     )
 
+    # Webhooks (webhooks.py). Like file fetches, they never reach private, loopback or
+    # metadata addresses unless allowed; every redirect is checked again.
+    webhook_allow_private: bool = False
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list, description='CIDRs webhooks may reach, e.g. ["10.1.0.0/16"]'
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, description="One attempt")
+    webhook_max_redirects: int = Field(default=3, ge=0, le=10)
+    # The completed event is retried with backoff (1 s, 2 s, 4 s ...) until this long after
+    # its first try (Replicate's last try is about a minute after completion).
+    webhook_retry_seconds: float = Field(default=60.0, ge=0)
+    # Threads sending webhooks; 0: deliveries are sent only when the outbox is drained by
+    # hand (WebhookDeliverer.deliver_due), as tests do.
+    webhook_workers: int = Field(default=4, ge=0, le=64)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

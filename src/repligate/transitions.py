@@ -1,6 +1,7 @@
 """The one place where a prediction changes: status moves, log flushes, output updates.
 
-Each method does the compare-and-set in the store, then publishes one typed event on the
+Each method does the compare-and-set in the store (which adds the change's webhook
+delivery to the outbox in the same transaction), then publishes one typed event on the
 bus with the prediction as it now stands. A method returns that prediction, or None when
 the write did not apply (the prediction had moved on: canceled elsewhere, finished, or
 claimed by another worker). Nothing else in the code base writes a prediction after it
@@ -61,13 +62,16 @@ class Transitions:
     def start(self, prediction_id: str) -> Prediction | None:
         """A worker claims a queued prediction: only one claim wins, and a prediction
         canceled while queued stays canceled."""
+        now = self._clock.now()
         with self._lock(prediction_id), db.connect(self._sessions) as session:
             claimed = store.move(
                 session,
                 prediction_id,
                 Status.PROCESSING,
                 expected=Status.STARTING,
-                started_at=self._clock.now(),
+                started_at=now,
+                webhook_event=EventKind.STARTED.value,
+                now=now,
             )
             return self._publish(EventKind.STARTED, claimed)
 
@@ -158,6 +162,8 @@ class Transitions:
                     total_time=_seconds(current.created_at, now),
                     predict_time=_seconds(current.started_at, now),
                     append_logs=append_logs,
+                    webhook_event=EventKind.COMPLETED.value,
+                    now=now,
                     **fields,
                 )
                 if moved is not None:
@@ -169,11 +175,13 @@ class Transitions:
 
     def append_logs(self, prediction_id: str, text: str) -> Prediction | None:
         with self._lock(prediction_id), db.connect(self._sessions) as session:
-            return self._publish(EventKind.LOGS, store.append_logs(session, prediction_id, text))
+            moved = store.append_logs(session, prediction_id, text, now=self._clock.now())
+            return self._publish(EventKind.LOGS, moved)
 
     def set_output(self, prediction_id: str, output: Any) -> Prediction | None:
         with self._lock(prediction_id), db.connect(self._sessions) as session:
-            return self._publish(EventKind.OUTPUT, store.set_output(session, prediction_id, output))
+            moved = store.set_output(session, prediction_id, output, now=self._clock.now())
+            return self._publish(EventKind.OUTPUT, moved)
 
 
 def _seconds(start: datetime | None, end: datetime) -> float | None:

@@ -27,6 +27,7 @@ from repligate.api.wire import (
     parse_body,
     prediction_out,
 )
+from repligate.deadlines import parse_cancel_after
 from repligate.errors import InvalidRequest
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
@@ -80,14 +81,22 @@ async def _create(
     body: PredictionCreate | ModelPredictionCreate,
 ) -> JSONResponse:
     wait = _wait_seconds(request)
+    cancel_after = request.headers.get("cancel-after")
+    webhook_events_filter = body.webhook_events_filter
+    if body.webhook is None and body.webhook_completed is not None:
+        # The legacy field: a webhook for the completion only.
+        webhook_events_filter = webhook_events_filter or ["completed"]
     prediction = await in_thread(
         service.create,
         key,
         spec,
         body.input,
         webhook=body.webhook or body.webhook_completed,
-        webhook_events_filter=body.webhook_events_filter,
+        webhook_events_filter=webhook_events_filter,
         api_base_url=base_url(request) + api_prefix(request),
+        cancel_after=parse_cancel_after(cancel_after) if cancel_after is not None else None,
+        base_url=base_url(request),
+        api_prefix=api_prefix(request),
     )
     headers = {"Location": prediction_out_url(request, prediction.id)}
     shown = None

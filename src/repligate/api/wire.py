@@ -111,7 +111,7 @@ def prediction_out(
         images = [u for u in output_urls(output) if u.lower().endswith(_IMAGE_SUFFIXES)]
         if images:
             metrics["image_count"] = len(images)
-    return {
+    body = {
         "id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
@@ -130,6 +130,8 @@ def prediction_out(
             "cancel": f"{get_url}/cancel",
             # Signed: only the owner sees this answer, and the page shows the inputs.
             "web": links.signed_url(base_url, prediction.id),
+            # Signed the same way, so a browser's EventSource (no headers) can open it.
+            "stream": f"{get_url}/stream?{links.signed_query(prediction.id)}",
         },
         "metrics": metrics,
         "webhook": prediction.webhook,
@@ -138,6 +140,9 @@ def prediction_out(
         "created": int(prediction.created_at.timestamp()),
         "data": [{"url": url} for url in output_urls(output)] if succeeded else [],
     }
+    if prediction.deadline is not None:
+        body["deadline"] = timestamp(prediction.deadline)
+    return body
 
 
 def version_out(spec: ModelSpec) -> dict[str, Any]:

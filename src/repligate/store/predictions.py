@@ -18,6 +18,7 @@ from sqlalchemy import insert as sql_insert
 from repligate import lifecycle
 from repligate.lifecycle import Status
 from repligate.records import Prediction
+from repligate.store import webhooks
 from repligate.store.db import Db
 from repligate.store.rows import ApiKeyRow, PredictionRow
 
@@ -56,6 +57,9 @@ def _record(row: Any) -> Prediction:
         completed_at=row.completed_at,
         predict_time=row.predict_time,
         total_time=row.total_time,
+        deadline=row.deadline,
+        base_url=row.base_url,
+        api_prefix=row.api_prefix or "",
     )
 
 
@@ -81,6 +85,9 @@ def insert(session: Db, prediction: Prediction) -> None:
             webhook=prediction.webhook,
             webhook_events_filter=prediction.webhook_events_filter,
             created_at=prediction.created_at,
+            deadline=prediction.deadline,
+            base_url=prediction.base_url,
+            api_prefix=prediction.api_prefix,
         ),
     )
     session.commit()
@@ -174,9 +181,15 @@ def _update_returning(
     statuses: tuple[Status, ...],
     values: dict[str, Any],
     append_logs: str | None = None,
+    webhook_event: str | None = None,
+    now: datetime | None = None,
 ) -> Prediction | None:
     """One ``UPDATE ... WHERE id AND status IN statuses RETURNING *``: the compare-and-set
-    and the read of the prediction as it now stands, in one statement."""
+    and the read of the prediction as it now stands, in one statement.
+
+    ``webhook_event``: the change's webhook event (``start``, ``output``, ``logs``,
+    ``completed``); when the write applies and the prediction's webhook wants it, its
+    delivery joins the outbox in the same transaction (``webhooks.enqueue``)."""
     values = _clean(values)
     statement = _update_statement(
         tuple(s.value for s in statuses), tuple(sorted(values)), append_logs is not None
@@ -186,8 +199,11 @@ def _update_returning(
     if append_logs is not None:
         parameters["append_logs"] = _clean_text(append_logs)
     row = session.execute(statement, parameters).one_or_none()
+    prediction = _record(row) if row is not None else None
+    if prediction is not None and webhook_event is not None and prediction.webhook is not None:
+        webhooks.enqueue(session, prediction, webhook_event, now or prediction.created_at)
     session.commit()
-    return _record(row) if row is not None else None
+    return prediction
 
 
 def move(
@@ -197,6 +213,8 @@ def move(
     *,
     expected: Status | None = None,
     append_logs: str | None = None,
+    webhook_event: str | None = None,
+    now: datetime | None = None,
     **fields: Any,
 ) -> Prediction | None:
     """Apply a status change if the lifecycle allows it from the current status.
@@ -204,8 +222,9 @@ def move(
     A compare-and-set: of two racing writers (a cancel and a finishing worker) exactly
     one wins, and a terminal status is never overwritten. With ``expected`` the row must
     still be in that status (the caller computed ``fields`` from it). ``append_logs`` is
-    added to the logs in the same statement. Returns the prediction as it now stands, or
-    None when the move did not apply.
+    added to the logs in the same statement; ``webhook_event`` (written at ``now``) joins
+    the webhook outbox in the same transaction. Returns the prediction as it now stands,
+    or None when the move did not apply.
     """
     if expected is not None:
         lifecycle.check(expected, new)
@@ -213,18 +232,45 @@ def move(
     else:
         statuses = tuple(sorted(lifecycle.sources_of(new)))
     values = {"status": new.value, **fields}
-    return _update_returning(session, prediction_id, statuses, values, append_logs=append_logs)
+    return _update_returning(
+        session,
+        prediction_id,
+        statuses,
+        values,
+        append_logs=append_logs,
+        webhook_event=webhook_event,
+        now=now,
+    )
 
 
-def append_logs(session: Db, prediction_id: str, text: str) -> Prediction | None:
+def append_logs(
+    session: Db, prediction_id: str, text: str, *, now: datetime | None = None
+) -> Prediction | None:
     """Add to the logs of a running prediction. None when it is no longer running
     (canceled by another request or process): the worker's cue to stop."""
-    return _update_returning(session, prediction_id, (Status.PROCESSING,), {}, append_logs=text)
+    return _update_returning(
+        session,
+        prediction_id,
+        (Status.PROCESSING,),
+        {},
+        append_logs=text,
+        webhook_event="logs",
+        now=now,
+    )
 
 
-def set_output(session: Db, prediction_id: str, output: Any) -> Prediction | None:
+def set_output(
+    session: Db, prediction_id: str, output: Any, *, now: datetime | None = None
+) -> Prediction | None:
     """Replace the output of a running prediction (it grows while it runs)."""
-    return _update_returning(session, prediction_id, (Status.PROCESSING,), {"output": output})
+    return _update_returning(
+        session,
+        prediction_id,
+        (Status.PROCESSING,),
+        {"output": output},
+        webhook_event="output",
+        now=now,
+    )
 
 
 def unfinished(session: Db) -> list[Prediction]:

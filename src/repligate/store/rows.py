@@ -13,6 +13,7 @@ from sqlalchemy import (
     Float,
     ForeignKey,
     Index,
+    Integer,
     String,
     Text,
 )
@@ -84,6 +85,12 @@ class PredictionRow(Base):
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     predict_time: Mapped[float | None] = mapped_column(Float, nullable=True)
     total_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # When Cancel-After cancels it (null: no deadline).
+    deadline: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Where its creator reached the server (base URL and route prefix): webhook bodies,
+    # sent with no request at hand, carry the same URLs as that creator's GET.
+    base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    api_prefix: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class FileRow(Base):
@@ -107,3 +114,61 @@ class FileRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     content_removed: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class WebhookDeliveryRow(Base):
+    """One webhook event to deliver (the outbox): written in the same transaction as the
+    change it tells of, so a delivery survives a crash right after that change."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_prediction", "prediction_id", "seq"),
+    )
+
+    # The webhook-id header: the same across retries of one delivery.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Orders one prediction's events as they were written.
+    seq: Mapped[int] = mapped_column(BigInteger)
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id"))
+    event: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    # pending, delivered, failed, superseded (a newer output/logs event replaced it)
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # What of the prediction changes (status, output, logs ...) as it stood at this event:
+    # the body is the prediction then, even when sent after a restart. Cleared once the
+    # delivery is final.
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class WebhookAttemptRow(Base):
+    """One try of a delivery, for the delivery log."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    delivery_id: Mapped[str] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    url: Mapped[str] = mapped_column(Text)
+    status_code: Mapped[int | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class WebhookSecretRow(Base):
+    """A key's webhook signing secret (``whsec_...``), made on first use."""
+
+    __tablename__ = "webhook_secrets"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
