@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, pages, predictions, uploads, web
+from repligate.api import account, errors, files, health, models, pages, predictions, uploads, web
+from repligate.api.limits import limit_reads
 from repligate.bus import EventBus, InProcessBus
 from repligate.clock import Clock, SystemClock
 from repligate.execution import Executor
@@ -29,7 +30,9 @@ from repligate.providers.base import Provider
 from repligate.providers.local import LocalProvider
 from repligate.queue.base import CancelFlags, Queue
 from repligate.queue.inprocess import InProcessQueue
+from repligate.ratelimit import KeyLimiter
 from repligate.registry import Registry
+from repligate.retention import Sweeper
 from repligate.runners.base import RunnerEnv
 from repligate.service import PredictionService
 from repligate.settings import Settings
@@ -38,6 +41,7 @@ from repligate.storage.local import LocalStorage
 from repligate.store import db, migrate
 from repligate.transitions import Transitions
 from repligate.uploads import UploadService
+from repligate.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,10 @@ class Container:
     service: PredictionService
     links: WebLinks
     uploads: UploadService
+    # Rate limits and quotas, usage records, retention (ratelimit.py, usage.py, retention.py).
+    limiter: KeyLimiter | None = None
+    usage: UsageRecorder | None = None
+    sweeper: Sweeper | None = None
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -149,6 +157,26 @@ def build_container(
         file_inputs=file_inputs,
     )
     links = WebLinks(secret, settings.web_link_ttl_seconds)
+    limiter = KeyLimiter(
+        sessions=sessions,
+        clock=clock,
+        create_default=settings.create_rate_limit,
+        read_default=settings.read_rate_limit,
+        storage_url=settings.rate_limit_storage_url,
+        cache_seconds=settings.key_limits_cache_seconds,
+    )
+    usage = UsageRecorder(sessions, storage, registry)
+    bus.subscribe(usage.on_event)
+    sweeper = Sweeper(
+        sessions=sessions,
+        transitions=transitions,
+        storage=storage,
+        uploads=upload_service,
+        usage=usage,
+        clock=clock,
+        prediction_retention_seconds=settings.prediction_retention_seconds,
+        file_record_retention_seconds=settings.file_record_retention_seconds,
+    )
     return Container(
         settings,
         engine,
@@ -160,6 +188,9 @@ def build_container(
         service,
         links,
         upload_service,
+        limiter=limiter,
+        usage=usage,
+        sweeper=sweeper,
     )
 
 
@@ -171,12 +202,21 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         migrate.upgrade(container.engine)
         container.queue.start()
         container.service.recover()
+        sweeping = None
+        if container.sweeper is not None:
+            sweeping = asyncio.create_task(
+                container.sweeper.run_forever(container.settings.sweep_interval_seconds)
+            )
         try:
             yield
         finally:
+            if sweeping is not None:
+                sweeping.cancel()
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
             await asyncio.to_thread(container.queue.stop)
+            if container.usage is not None:
+                await asyncio.to_thread(container.usage.close)
             container.service.close()
             container.engine.dispose()
 
@@ -185,8 +225,9 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     errors.install(app)
     for prefix in ("/v1", "/replicate/v1"):
         app.include_router(predictions.router, prefix=prefix)
-        app.include_router(models.router, prefix=prefix)
-        app.include_router(uploads.router, prefix=prefix)
+        app.include_router(models.router, prefix=prefix, dependencies=[Depends(limit_reads)])
+        app.include_router(uploads.router, prefix=prefix, dependencies=[Depends(limit_reads)])
+        app.include_router(account.router, prefix=prefix)
     app.include_router(files.router)
     app.include_router(web.router)
     app.include_router(pages.router)

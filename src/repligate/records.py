@@ -28,6 +28,8 @@ class Prediction:
     completed_at: datetime | None
     predict_time: float | None
     total_time: float | None
+    # Retention removed its input, output and logs (retention.py).
+    data_removed: bool = False
 
     @classmethod
     def starting(
@@ -95,3 +97,41 @@ class UploadedFile:
     def gone(self, now: datetime) -> bool:
         """Deleted or expired: not shown, not served, not usable as an input."""
         return self.deleted_at is not None or now >= self.expires_at
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits (``repligate keys limits``). Rate limits are in the limits
+    library's notation ("600/minute"), None for the server's default, "none" for no
+    limit; the quota and the cap are None when the key has none."""
+
+    api_key_id: str
+    create_rate_limit: str | None = None
+    read_rate_limit: str | None = None
+    prediction_quota: int | None = None
+    # The quota counts predictions created in this many seconds back; None: ever.
+    quota_window_seconds: int | None = None
+    max_concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one finished prediction used and produced (usage.py measures it)."""
+
+    prediction_id: str
+    api_key_id: str
+    model: str
+    status: str
+    created_at: datetime
+    completed_at: datetime
+    # Seconds the model ran; None when it never ran.
+    predict_time: float | None
+    # Still images; animations and videos count as frames instead.
+    image_count: int
+    # Width × height of every image and every frame.
+    pixels: int
+    # Each image's (or frame's) pixels × the denoising steps it took.
+    pixel_steps: int
+    frames: int
+    video_seconds: float
+    output_bytes: int
