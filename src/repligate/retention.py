@@ -115,10 +115,11 @@ class Sweeper:
         """Sweep every ``interval`` seconds until canceled; a failed sweep is logged and
         the next one tries again."""
         while True:
+            # Sleep first: the server has just started, and a test's clock has not moved.
+            await asyncio.sleep(interval)
             try:
                 result = await asyncio.to_thread(self.run_once)
                 if result != SweepResult():
                     log.info("sweep: %s", result)
             except Exception:
                 log.exception("the sweep failed; trying again in %.0f s", interval)
-            await asyncio.sleep(interval)

@@ -82,3 +82,12 @@ def count_unfinished(session: Db, key_id: str) -> int:
         _P.status.in_([Status.STARTING.value, Status.PROCESSING.value]),
     )
     return session.scalar(query) or 0
+
+
+def keys_named(session: Session, id_or_name: str) -> list[tuple[str, str]]:
+    """(id, name) of the active keys with this id or name."""
+    query = select(_KEYS.c.id, _KEYS.c.name).where(
+        (_KEYS.c.id == id_or_name) | (_KEYS.c.name == id_or_name),
+        _KEYS.c.revoked_at.is_(None),
+    )
+    return [(row.id, row.name) for row in session.execute(query)]
