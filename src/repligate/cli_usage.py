@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -118,10 +119,15 @@ def usage(
             str(row.output_bytes),
             cost,
         )
-    Console().print(table)
+    # Piped into a file, the table keeps its full width (rich would squeeze it to 80).
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     unpriced = sorted(set().union(*(row.unpriced for row in rows))) if rows else []
     if unpriced:
-        console.print(f"* no price set for: {', '.join(unpriced)} (counted as 0)")
+        console.print(
+            f"* no price set for: {', '.join(unpriced)} (counted as 0)",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def sweep() -> None:
