@@ -112,8 +112,8 @@ def due_for_removal(session: Session, *, now: datetime, limit: int) -> list[Uplo
 
 def delete_gone_before(session: Session, cutoff: datetime, *, limit: int) -> int:
     """Delete the rows of files whose bytes are removed and that were gone (expired or
-    deleted) before ``cutoff``; returns how many."""
-    gone_before = or_(FileRow.expires_at < cutoff, FileRow.deleted_at < cutoff)
+    deleted) at or before ``cutoff``; returns how many."""
+    gone_before = or_(FileRow.expires_at <= cutoff, FileRow.deleted_at <= cutoff)
     ids = list(
         session.scalars(
             select(FileRow.id)
