@@ -6,6 +6,7 @@ predictions a crashed process left behind are recovered then."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -212,6 +213,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         finally:
             if sweeping is not None:
                 sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
             await asyncio.to_thread(container.queue.stop)
