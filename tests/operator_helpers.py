@@ -15,13 +15,21 @@ from repligate.cli import app as cli_app
 from repligate.settings import Settings
 
 
-def lean_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **changes: Any) -> Settings:
-    """Settings for an app on the fakes, and the same data dir for the CLI (through the
-    environment, as an operator's shell has it)."""
+def lean_settings(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str | None = None,
+    **changes: Any,
+) -> Settings:
+    """Settings for an app on the fakes, and the same data dir and database for the CLI
+    (through the environment, as an operator's shell has it)."""
     data_dir = tmp_path / "data"
     for name in ("REPLIGATE_DATABASE_URL", "REPLIGATE_USAGE_PRICES", "REPLIGATE_USAGE_PRICES_FILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("REPLIGATE_DATA_DIR", str(data_dir))
+    if database_url is not None:
+        monkeypatch.setenv("REPLIGATE_DATABASE_URL", database_url)
+        changes["database_url"] = database_url
     # The server's own sweeper stays out of the way; the tests sweep when they mean to.
     base = {"data_dir": data_dir, "log_flush_interval": 0.0, "sweep_interval_seconds": 3600.0}
     return Settings(**{**base, **changes})

@@ -111,9 +111,9 @@ def test_the_cli_refuses_what_is_not_a_limit(
 
 
 def test_a_used_up_quota_is_a_402_and_what_never_ran_does_not_count(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str | None
 ) -> None:
-    settings = lean_settings(tmp_path, monkeypatch, key_limits_cache_seconds=0.0)
+    settings = lean_settings(tmp_path, monkeypatch, database_url, key_limits_cache_seconds=0.0)
     with fake_app(settings, ScriptedProvider(returns="done")) as app:
         cli("keys", "limits", "test", "--quota", "2/day")
         first = app.create().json()["id"]

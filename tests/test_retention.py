@@ -32,9 +32,12 @@ def provider() -> ScriptedProvider:
 
 
 def test_predictions_past_retention_lose_their_data_and_keep_the_rest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: ScriptedProvider
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: ScriptedProvider,
+    database_url: str | None,
 ) -> None:
-    settings = lean_settings(tmp_path, monkeypatch, prediction_retention_seconds=3600)
+    settings = lean_settings(tmp_path, monkeypatch, database_url, prediction_retention_seconds=3600)
     with fake_app(settings, provider, inline=True) as app:
         created = app.create(body={"input": {"prompt": "a fox", "seed": 7}}).json()
         before = app.get(created["id"])

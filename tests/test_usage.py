@@ -51,9 +51,12 @@ def provider() -> ScriptedProvider:
 
 
 def test_each_finished_prediction_records_what_it_produced_and_the_report_prices_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, provider: ScriptedProvider
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    provider: ScriptedProvider,
+    database_url: str | None,
 ) -> None:
-    settings = lean_settings(tmp_path, monkeypatch)
+    settings = lean_settings(tmp_path, monkeypatch, database_url)
     with fake_app(settings, provider) as app:
         sd = app.create(body={"input": {"prompt": "a fox", "num_inference_steps": 10}}).json()
         gate = provider.scripts[SD][0][0]

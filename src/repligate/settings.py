@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -116,6 +116,14 @@ class Settings(BaseSettings):
     usage_prices: dict[str, dict[str, float | str]] = Field(default_factory=dict)
     usage_prices_file: Path | None = None
     usage_currency: str = "USD"
+
+    @field_validator("create_rate_limit", "read_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from repligate.ratelimit import parse_rate
+
+        parse_rate(value)  # ValueError saying how to write one
+        return value
 
     def resolved_database_url(self) -> str:
         if self.database_url:
