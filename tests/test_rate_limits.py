@@ -207,3 +207,36 @@ def test_two_processes_share_counts_on_redis(tmp_path: Path) -> None:
 
     assert asyncio.run(burst()) == 3
     engine.dispose()
+
+
+def test_the_official_client_reads_the_account_and_the_throttle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import replicate
+    from replicate.exceptions import ReplicateError
+
+    from repligate.app import build_container, create_app
+    from repligate.testing.fakes import ManualQueue
+    from repligate.testing.live_server import LiveServer
+
+    settings = lean_settings(tmp_path, monkeypatch, create_rate_limit="1/hour")
+    container = build_container(
+        settings,
+        provider=ScriptedProvider(returns="done"),
+        queue=ManualQueue.factory(inline=True),
+        clock=FakeClock(),
+    )
+    with LiveServer(create_app(settings, container)) as server:
+        client = replicate.Client(api_token=server.make_token("test"), base_url=server.url)
+        account = client.accounts.current()
+        assert (account.type, account.username, account.name) == ("user", "test", "test")
+        first = client.models.predictions.create(
+            model="stability-ai/stable-diffusion", input={"prompt": "a fox"}
+        )
+        assert client.predictions.get(first.id).status == "succeeded"
+        with pytest.raises(ReplicateError) as refused:
+            client.models.predictions.create(
+                model="stability-ai/stable-diffusion", input={"prompt": "a fox"}
+            )
+        assert refused.value.status == 429
+        assert refused.value.detail is not None and refused.value.detail.startswith(THROTTLED)
