@@ -145,6 +145,10 @@ class UsageRecorder:
         for prediction_id in missing:
             with self._sessions() as session:
                 prediction = prediction_store.get(session, prediction_id)
-            if prediction is not None and self.record(prediction) is not None:
-                recorded += 1
+            try:
+                if prediction is not None and self.record(prediction) is not None:
+                    recorded += 1
+            except Exception:
+                # One that cannot be measured must not stop the others (nor retention).
+                log.exception("usage of %s not recorded", prediction_id)
         return recorded

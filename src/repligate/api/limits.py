@@ -13,11 +13,12 @@ from repligate.records import KeyLimits
 
 
 async def _limits(request: Request) -> KeyLimits | None:
-    limiter = container(request).limiter
-    token = bearer_token(request)
+    wired = container(request)
+    limiter, token = wired.limiter, bearer_token(request)
     if limiter is None or not token:
         return None
-    return limiter.cached(token) or await in_thread(limiter.load, token)
+    # A miss is one short read: inline where the store allows it, as the key check is.
+    return limiter.cached(token) or await wired.service.read(limiter.load, token)
 
 
 async def _hit(request: Request, kind: Kind) -> KeyLimits | None:
