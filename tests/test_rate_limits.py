@@ -120,7 +120,10 @@ def test_a_used_up_quota_is_a_402_and_what_never_ran_does_not_count(
         second = app.create().json()["id"]
         body = assert_problem(app.create(), 402)
         assert body["title"] == "Quota exhausted"
-        assert "quota of 2 predictions in the last 1 days" in body["detail"]
+        assert body["detail"] == (
+            "This API key has used its quota of 2 predictions per day (counted over the "
+            "last day). Ask the server's operator to raise it."
+        )
         # Canceled while queued: it never ran, so it gives its place back.
         assert app.cancel(second)["status"] == "canceled"
         third = app.create()

@@ -203,11 +203,12 @@ class KeyLimiter:
 def _quota_message(limits: KeyLimits) -> str:
     window = ""
     if limits.quota_window_seconds is not None:
-        days = limits.quota_window_seconds / 86400
+        words = {seconds: word for word, seconds in QUOTA_WINDOWS.items()}
+        word = words.get(limits.quota_window_seconds)
         window = (
-            f" in the last {days:g} days"
-            if days >= 1
-            else f" in the last {limits.quota_window_seconds // 3600} hours"
+            f" per {word} (counted over the last {word})"
+            if word
+            else f" per {limits.quota_window_seconds} seconds"
         )
     return (
         f"This API key has used its quota of {limits.prediction_quota} predictions{window}. "
