@@ -62,6 +62,8 @@ def test_predictions_past_retention_lose_their_data_and_keep_the_rest(
             assert after[field] == before[field]
         assert after["metrics"]["predict_time"] == before["metrics"]["predict_time"]
         assert app.client.get(url).status_code == 404
+        page = app.client.get(after["urls"]["web"])
+        assert page.status_code == 200 and created["id"] in page.text
         assert app.get(running["id"])["data_removed"] is True
         assert app.get(later["id"])["data_removed"] is False
         assert len(_files(app)) == 1  # the later prediction's output only
