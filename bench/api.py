@@ -131,6 +131,9 @@ def start_repligate(data: Path, weights: Path, log: Path) -> Server:
         "REPLIGATE_PORT": str(port),
         "REPLIGATE_HOST": "127.0.0.1",
         "REPLIGATE_SAFETY_CHECKER": "false",
+        # Counted (their cost is part of what is measured) but never reached.
+        "REPLIGATE_CREATE_RATE_LIMIT": "1000000000/minute",
+        "REPLIGATE_READ_RATE_LIMIT": "1000000000/minute",
         "HF_HUB_OFFLINE": "1",
     }
     out = data.parent / f"{data.name}.stdout"

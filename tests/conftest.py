@@ -80,3 +80,15 @@ def token(client: TestClient) -> str:
 @pytest.fixture
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (SQLite in the data dir), then a fresh PostgreSQL database (skipped, saying
+    why, when none answers)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    from tests.test_store import temporary_postgres_url
+
+    yield from temporary_postgres_url()

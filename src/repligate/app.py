@@ -6,20 +6,22 @@ predictions a crashed process left behind are recovered then."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, pages, predictions, uploads, web
+from repligate.api import account, errors, files, health, models, pages, predictions, uploads, web
 from repligate.api import streams as streams_api
 from repligate.api import webhooks as webhooks_api
+from repligate.api.limits import limit_reads
 from repligate.bus import EventBus, InProcessBus
 from repligate.clock import Clock, SystemClock
 from repligate.deadlines import DeadlineWatcher
@@ -33,8 +35,10 @@ from repligate.providers.base import Provider
 from repligate.providers.local import LocalProvider
 from repligate.queue.base import CancelFlags, Queue
 from repligate.queue.inprocess import InProcessQueue
+from repligate.ratelimit import KeyLimiter
 from repligate.records import Prediction
 from repligate.registry import Registry
+from repligate.retention import Sweeper
 from repligate.runners.base import RunnerEnv
 from repligate.service import PredictionService
 from repligate.settings import Settings
@@ -44,6 +48,7 @@ from repligate.store import db, migrate
 from repligate.streams import StreamHub
 from repligate.transitions import Transitions
 from repligate.uploads import UploadService
+from repligate.usage import UsageRecorder
 from repligate.webhook_sender import WebhookSender
 from repligate.webhooks import Render, WebhookDeliverer
 
@@ -68,6 +73,10 @@ class Container:
     webhooks: WebhookDeliverer
     streams: StreamHub
     deadlines: DeadlineWatcher
+    # Rate limits and quotas, usage records, retention (ratelimit.py, usage.py, retention.py).
+    limiter: KeyLimiter | None = None
+    usage: UsageRecorder | None = None
+    sweeper: Sweeper | None = None
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -177,6 +186,26 @@ def build_container(
     bus.subscribe(streams.on_event)
     service.on_stop_waiting(streams.close_all)
     bus.subscribe(deadlines.on_event)
+    limiter = KeyLimiter(
+        sessions=sessions,
+        clock=clock,
+        create_default=settings.create_rate_limit,
+        read_default=settings.read_rate_limit,
+        storage_url=settings.rate_limit_storage_url,
+        cache_seconds=settings.key_limits_cache_seconds,
+    )
+    usage = UsageRecorder(sessions, storage, registry)
+    bus.subscribe(usage.on_event)
+    sweeper = Sweeper(
+        sessions=sessions,
+        transitions=transitions,
+        storage=storage,
+        uploads=upload_service,
+        usage=usage,
+        clock=clock,
+        prediction_retention_seconds=settings.prediction_retention_seconds,
+        file_record_retention_seconds=settings.file_record_retention_seconds,
+    )
     return Container(
         settings,
         engine,
@@ -191,6 +220,9 @@ def build_container(
         webhooks,
         streams,
         deadlines,
+        limiter=limiter,
+        usage=usage,
+        sweeper=sweeper,
     )
 
 
@@ -222,9 +254,18 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         container.service.recover()
         container.webhooks.start()
         container.deadlines.start()
+        sweeping = None
+        if container.sweeper is not None:
+            sweeping = asyncio.create_task(
+                container.sweeper.run_forever(container.settings.sweep_interval_seconds)
+            )
         try:
             yield
         finally:
+            if sweeping is not None:
+                sweeping.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeping
             container.deadlines.stop()
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
@@ -232,6 +273,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             # After the workers: their last completions are delivered, or stay in the
             # outbox for the next start.
             await asyncio.to_thread(container.webhooks.stop)
+            if container.usage is not None:
+                await asyncio.to_thread(container.usage.close)
             container.service.close()
             container.engine.dispose()
 
@@ -240,10 +283,11 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     errors.install(app)
     for prefix in ("/v1", "/replicate/v1"):
         app.include_router(predictions.router, prefix=prefix)
-        app.include_router(models.router, prefix=prefix)
-        app.include_router(uploads.router, prefix=prefix)
-        app.include_router(streams_api.router, prefix=prefix)
-        app.include_router(webhooks_api.router, prefix=prefix)
+        app.include_router(models.router, prefix=prefix, dependencies=[Depends(limit_reads)])
+        app.include_router(uploads.router, prefix=prefix, dependencies=[Depends(limit_reads)])
+        app.include_router(account.router, prefix=prefix)
+        app.include_router(streams_api.router, prefix=prefix, dependencies=[Depends(limit_reads)])
+        app.include_router(webhooks_api.router, prefix=prefix, dependencies=[Depends(limit_reads)])
     app.include_router(files.router)
     app.include_router(web.router)
     app.include_router(pages.router)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from repligate import cli_webhooks
+from repligate import cli_limits, cli_usage, cli_webhooks
 from repligate.settings import Settings
 
 if TYPE_CHECKING:
@@ -195,6 +195,11 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or name")]) -> N
         console.print(f"no active key with id or name {key!r}")
         raise typer.Exit(1)
     console.print(f"revoked {count} key(s)")
+
+
+# Commands in their own modules.
+cli_limits.register(keys_app)
+cli_usage.register(app)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ RepligateError
  ├── InvalidInput               input fails the model's schema (carries invalid_fields)
  ├── InvalidRequest             the request itself is malformed or unsupported
  ├── FileTooLarge               an upload over the server's size cap
- └── ModelUnavailable           valid request, but this server cannot run that model
+ ├── ModelUnavailable           valid request, but this server cannot run that model
+ └── (ratelimit.py) Throttled, QuotaExhausted, TooManyRunning: a key's limits
 
 Apart from that tree, PredictionFailure: a prediction that ran failed for a reason its
 message explains in full (its weights are missing, ...). It ends the prediction `failed`

@@ -33,6 +33,8 @@ class Prediction:
     # Where its creator reached the server: the base of the URLs in its webhook bodies.
     base_url: str | None = None
     api_prefix: str = ""
+    # Retention removed its input, output and logs (retention.py).
+    data_removed: bool = False
 
     @classmethod
     def starting(
@@ -138,3 +140,41 @@ class WebhookDelivery:
     last_error: str | None
     # The prediction's changing fields at this event (store/webhooks.snapshot).
     snapshot: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits (``repligate keys limits``). Rate limits are in the limits
+    library's notation ("600/minute"), None for the server's default, "none" for no
+    limit; the quota and the cap are None when the key has none."""
+
+    api_key_id: str
+    create_rate_limit: str | None = None
+    read_rate_limit: str | None = None
+    prediction_quota: int | None = None
+    # The quota counts predictions created in this many seconds back; None: ever.
+    quota_window_seconds: int | None = None
+    max_concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What one finished prediction used and produced (usage.py measures it)."""
+
+    prediction_id: str
+    api_key_id: str
+    model: str
+    status: str
+    created_at: datetime
+    completed_at: datetime
+    # Seconds the model ran; None when it never ran.
+    predict_time: float | None
+    # Still images; animations and videos count as frames instead.
+    image_count: int
+    # Width × height of every image and every frame.
+    pixels: int
+    # Each image's (or frame's) pixels × the denoising steps it took.
+    pixel_steps: int
+    frames: int
+    video_seconds: float
+    output_bytes: int

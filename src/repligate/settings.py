@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -106,6 +106,39 @@ class Settings(BaseSettings):
     # Threads sending webhooks; 0: deliveries are sent only when the outbox is drained by
     # hand (WebhookDeliverer.deliver_due), as tests do.
     webhook_workers: int = Field(default=4, ge=0, le=64)
+
+    # Rate limits, quotas, usage and retention (ratelimit.py, usage.py, retention.py).
+    # Requests per key, as the limits library writes them ("600/minute"; several joined
+    # by ";"; "none" for no limit). Replicate's: 600 creates and 3,000 other requests a
+    # minute. `repligate keys limits NAME` sets them per key.
+    create_rate_limit: str = "600/minute"
+    read_rate_limit: str = "3000/minute"
+    # Where the counts live: memory:// (this process) or redis://host:6379/0 (shared by
+    # every API process; needs the redis client package).
+    rate_limit_storage_url: str = "memory://"
+    # A key's own limits are read from the database at most this often per process.
+    key_limits_cache_seconds: float = Field(default=5.0, ge=0)
+    # Inputs, outputs (and their files) and logs of predictions that finished longer ago
+    # than this are removed (data_removed: true). Unset: kept. Replicate's is 3600.
+    prediction_retention_seconds: int | None = Field(default=None, ge=60)
+    # Rows of uploaded files gone (expired or deleted) longer than this are deleted; their
+    # bytes go as soon as they are gone.
+    file_record_retention_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    # How often the server's sweeper runs (retention, file expiry, usage catch-up).
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # Unit prices per model, as data: {"owner/name" or "*": {"per_image": 0.002, ...}}
+    # (usage.py names the quantities). JSON here, or a JSON file.
+    usage_prices: dict[str, dict[str, float | str]] = Field(default_factory=dict)
+    usage_prices_file: Path | None = None
+    usage_currency: str = "USD"
+
+    @field_validator("create_rate_limit", "read_rate_limit")
+    @classmethod
+    def _rate_limit(cls, value: str) -> str:
+        from repligate.ratelimit import parse_rate
+
+        parse_rate(value)  # ValueError saying how to write one
+        return value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -183,6 +183,16 @@ class Transitions:
             moved = store.set_output(session, prediction_id, output, now=self._clock.now())
             return self._publish(EventKind.OUTPUT, moved)
 
+    # -- after it ended -------------------------------------------------------------
+
+    def remove_data(self, prediction_id: str) -> Prediction | None:
+        """Retention (retention.py): clear a finished prediction's input, output and logs
+        and mark it ``data_removed``; its status and times stay. Returns it as it was
+        before (so its output files can be deleted), or None if there was nothing to do.
+        No event: nothing about the prediction's run changed."""
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
+            return store.remove_data(session, prediction_id)
+
 
 def _seconds(start: datetime | None, end: datetime) -> float | None:
     return (end - start).total_seconds() if start is not None else None

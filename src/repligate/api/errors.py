@@ -20,6 +20,7 @@ from repligate.errors import (
     NotFound,
     RepligateError,
 )
+from repligate.ratelimit import QuotaExhausted, Throttled, TooManyRunning
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ STATUS_BY_ERROR: list[tuple[type[RepligateError], int]] = [
     (MalformedBody, 400),
     (BodyTooLarge, 413),
     (FileTooLarge, 413),
+    (Throttled, 429),
+    (TooManyRunning, 429),
+    (QuotaExhausted, 402),
 ]
 
 
@@ -80,6 +84,12 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
             {"type": f.type, "field": f.field, "description": f.description}
             for f in exc.invalid_fields
         ]
+    if isinstance(exc, Throttled):
+        # Replicate's throttle body is the detail alone; Retry-After tells clients (the
+        # official one among them) how long to wait.
+        response = problem(429, exc.detail)
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     title = None if isinstance(exc, NotFound) else exc.title
     return problem(status_of(exc), exc.detail, title, **extra)
 

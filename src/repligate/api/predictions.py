@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from repligate.api.deps import (
@@ -21,6 +21,7 @@ from repligate.api.deps import (
     container,
     in_thread,
 )
+from repligate.api.limits import limit_creates, limit_reads
 from repligate.api.wire import (
     ModelPredictionCreate,
     PredictionCreate,
@@ -132,13 +133,14 @@ _ID_PARAMETER = {
 
 @router.get("/predictions/{prediction_id}", openapi_extra={"parameters": [_ID_PARAMETER]})
 async def get_prediction(request: Request) -> JSONResponse:
+    await limit_reads(request)  # called, not declared: this route solves no dependencies
     service = container(request).service
     prediction_id: str = request.path_params["prediction_id"]
     prediction = await service.read(service.get_for_token, bearer_token(request), prediction_id)
     return _respond(request, prediction, 200)
 
 
-@router.post("/predictions")
+@router.post("/predictions", dependencies=[Depends(limit_creates)])
 async def create_prediction(
     request: Request, service: ServiceDep, key: CurrentKey, body: JsonBody
 ) -> JSONResponse:
@@ -147,7 +149,7 @@ async def create_prediction(
     return await _create(request, service, key, spec, parsed)
 
 
-@router.post("/models/{owner}/{name}/predictions")
+@router.post("/models/{owner}/{name}/predictions", dependencies=[Depends(limit_creates)])
 async def create_model_prediction(
     owner: str, name: str, request: Request, service: ServiceDep, key: CurrentKey, body: JsonBody
 ) -> JSONResponse:
@@ -168,7 +170,7 @@ def _timestamp(name: str, value: str | None) -> datetime | None:
     return parsed
 
 
-@router.get("/predictions")
+@router.get("/predictions", dependencies=[Depends(limit_reads)])
 async def list_predictions(
     request: Request,
     service: ServiceDep,
@@ -207,7 +209,7 @@ async def list_predictions(
     }
 
 
-@router.post("/predictions/{prediction_id}/cancel")
+@router.post("/predictions/{prediction_id}/cancel", dependencies=[Depends(limit_reads)])
 async def cancel_prediction(
     prediction_id: str, request: Request, service: ServiceDep, token: Token
 ) -> JSONResponse:

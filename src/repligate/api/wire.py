@@ -118,7 +118,7 @@ def prediction_out(
         "input": prediction.input,
         "logs": prediction.logs,
         "output": output,
-        "data_removed": False,
+        "data_removed": prediction.data_removed,
         "error": prediction.error,
         "status": status.value,
         "source": prediction.source,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from repligate.records import UploadedFile
@@ -108,3 +108,21 @@ def due_for_removal(session: Session, *, now: datetime, limit: int) -> list[Uplo
         .limit(limit)
     )
     return [_record(r) for r in session.scalars(query)]
+
+
+def delete_gone_before(session: Session, cutoff: datetime, *, limit: int) -> int:
+    """Delete the rows of files whose bytes are removed and that were gone (expired or
+    deleted) at or before ``cutoff``; returns how many."""
+    gone_before = or_(FileRow.expires_at <= cutoff, FileRow.deleted_at <= cutoff)
+    ids = list(
+        session.scalars(
+            select(FileRow.id)
+            .where(FileRow.content_removed.is_(True), gone_before)
+            .order_by(FileRow.expires_at)
+            .limit(limit)
+        )
+    )
+    if ids:
+        session.execute(delete(FileRow).where(FileRow.id.in_(ids)))
+        session.commit()
+    return len(ids)

@@ -60,6 +60,7 @@ def _record(row: Any) -> Prediction:
         deadline=row.deadline,
         base_url=row.base_url,
         api_prefix=row.api_prefix or "",
+        data_removed=bool(row.data_removed),
     )
 
 
@@ -286,3 +287,35 @@ def unfinished(session: Db) -> list[Prediction]:
 def count_for_model(session: Db, model: str) -> int:
     query = select(func.count()).select_from(PredictionRow).where(PredictionRow.model == model)
     return session.scalar(query) or 0
+
+
+def finished_before(session: Db, cutoff: datetime, *, limit: int) -> list[str]:
+    """Ids of terminal predictions completed before ``cutoff`` whose data is still kept,
+    oldest first (retention.py)."""
+    query = (
+        select(_C.id)
+        .where(
+            _C.completed_at < cutoff,
+            _C.data_removed.is_(False),
+            _C.status.in_([s.value for s in lifecycle.TERMINAL]),
+        )
+        .order_by(_C.completed_at)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def remove_data(session: Db, prediction_id: str) -> Prediction | None:
+    """Clear the input, output and logs of a terminal prediction and mark it
+    ``data_removed``; returns it as it stood before (its output names the files to
+    delete), or None when it is not terminal or was removed already."""
+    before = get(session, prediction_id)
+    if before is None or not before.status.is_terminal or before.data_removed:
+        return None
+    result = session.execute(
+        update(_TABLE)
+        .where(_C.id == prediction_id, _C.data_removed.is_(False))
+        .values(input={}, output=None, logs="", data_removed=True)
+    )
+    session.commit()
+    return before if result.rowcount else None  # type: ignore[attr-defined]

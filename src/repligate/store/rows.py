@@ -63,6 +63,7 @@ class PredictionRow(Base):
     __table_args__ = (
         Index("ix_predictions_key_created", "api_key_id", "created_at", "id"),
         Index("ix_predictions_status", "status"),
+        Index("ix_predictions_completed", "completed_at"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -91,6 +92,9 @@ class PredictionRow(Base):
     # sent with no request at hand, carry the same URLs as that creator's GET.
     base_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     api_prefix: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    # Its input, output (and files) and logs were removed by retention (retention.py).
+    data_removed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class FileRow(Base):
@@ -172,3 +176,44 @@ class WebhookSecretRow(Base):
     api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
     secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class KeyLimitsRow(Base):
+    """A key's own limits (``repligate keys limits``); a null column takes the server's
+    default (rate limits) or means none (quota, concurrency)."""
+
+    __tablename__ = "key_limits"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    create_rate_limit: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    read_rate_limit: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    prediction_quota: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The quota counts predictions created in this many seconds back; null: ever.
+    quota_window_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UsageRow(Base):
+    """What one finished prediction used and produced (usage.py): one row each."""
+
+    __tablename__ = "usage"
+    __table_args__ = (
+        Index("ix_usage_completed", "completed_at"),
+        Index("ix_usage_key_completed", "api_key_id", "completed_at"),
+    )
+
+    prediction_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"))
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # None when it never ran (canceled or failed while queued).
+    predict_time: Mapped[float | None] = mapped_column(Float, nullable=True)
+    image_count: Mapped[int] = mapped_column(Integer)
+    pixels: Mapped[int] = mapped_column(BigInteger)
+    pixel_steps: Mapped[int] = mapped_column(BigInteger)
+    frames: Mapped[int] = mapped_column(Integer)
+    video_seconds: Mapped[float] = mapped_column(Float)
+    output_bytes: Mapped[int] = mapped_column(BigInteger)
