@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -196,7 +197,8 @@ def test_two_processes_share_counts_on_redis(tmp_path: Path) -> None:
         KeyLimiter(sessions=sessions, clock=FakeClock(), read_default="3/hour", storage_url=url)
         for _ in range(2)
     ]
-    limits = KeyLimits(api_key_id=f"key_{tmp_path.name[-12:]}")
+    # A fresh key each run: the Redis counts outlive the test (its window is an hour).
+    limits = KeyLimits(api_key_id=f"key_{uuid.uuid4().hex[:12]}")
 
     async def burst() -> int:
         refused = 0
