@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
@@ -39,6 +40,10 @@ from repligate.store import db, migrate
 from repligate.transitions import Transitions
 from repligate.uploads import UploadService
 
+if TYPE_CHECKING:
+    from repligate.relay.routes import RoutePlan
+    from repligate.relay.scheduler import RelayScheduler
+
 log = logging.getLogger(__name__)
 
 # Builds a queue around the executor's entry point and the cancel flags it checks.
@@ -57,6 +62,9 @@ class Container:
     service: PredictionService
     links: WebLinks
     uploads: UploadService
+    # Where each model runs, and the relay to Replicate (None when no model is relayed).
+    routes: RoutePlan | None = None
+    relay: RelayScheduler | None = None
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -118,6 +126,11 @@ def build_container(
     notifier = CompletionNotifier()
     bus.subscribe(notifier.on_event)
     transitions = Transitions(sessions, bus, clock)
+    routes, relay = build_relay(
+        settings, provider, registry, sessions, transitions, storage, fetcher, clock
+    )
+    if relay is not None:
+        bus.subscribe(relay.on_event)
     flags = CancelFlags()
     executor = Executor(
         transitions=transitions,
@@ -147,6 +160,8 @@ def build_container(
         clock=clock,
         page_size=settings.list_page_size,
         file_inputs=file_inputs,
+        relay=relay,
+        upstream_create_wait=settings.upstream_create_wait_seconds,
     )
     links = WebLinks(secret, settings.web_link_ttl_seconds)
     return Container(
@@ -160,7 +175,42 @@ def build_container(
         service,
         links,
         upload_service,
+        routes=routes,
+        relay=relay,
     )
+
+
+def build_relay(
+    settings: Settings,
+    provider: Provider,
+    registry: Registry,
+    sessions: sessionmaker[Session],
+    transitions: Transitions,
+    storage: Storage,
+    fetcher: Fetcher,
+    clock: Clock,
+) -> tuple[RoutePlan | None, RelayScheduler | None]:
+    """The route of each model, and the relay when some model goes to Replicate."""
+    if not isinstance(provider, LocalProvider):
+        return None, None  # a fake provider (tests) runs everything
+    from repligate.relay.routes import RoutePlan
+
+    routes = RoutePlan(settings, provider)
+    if not routes.any_relayed(registry.all()):
+        return routes, None
+    from repligate.relay.scheduler import RelayScheduler
+
+    relay = RelayScheduler(
+        settings=settings,
+        routes=routes,
+        registry=registry,
+        sessions=sessions,
+        transitions=transitions,
+        storage=storage,
+        fetcher=fetcher,
+        clock=clock,
+    )
+    return routes, relay
 
 
 def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
@@ -170,6 +220,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate.upgrade(container.engine)
         container.queue.start()
+        if container.relay is not None:
+            container.relay.start()
         container.service.recover()
         try:
             yield
@@ -177,6 +229,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
             await asyncio.to_thread(container.queue.stop)
+            if container.relay is not None:
+                await asyncio.to_thread(container.relay.stop)
             container.service.close()
             container.engine.dispose()
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,7 +36,11 @@ from repligate.registry import Registry
 from repligate.store import db
 from repligate.store import keys as key_store
 from repligate.store import predictions as store
+from repligate.store import relay as relay_store
 from repligate.transitions import Transitions
+
+if TYPE_CHECKING:
+    from repligate.relay.scheduler import RelayScheduler
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ class PredictionService:
         clock: Clock,
         page_size: int = 100,
         file_inputs: FileInputs | None = None,
+        relay: RelayScheduler | None = None,
+        upstream_create_wait: float = 10.0,
     ) -> None:
         self._sessions = sessions
         self.registry = registry
@@ -109,6 +115,8 @@ class PredictionService:
         self._page_size = page_size
         self._file_inputs = file_inputs
         self._stopping = False
+        self._relay = relay
+        self._upstream_create_wait = upstream_create_wait
         self._reads_inline = db.reads_inline(sessions)
         self._kept = db.KeptConnection(sessions)
 
@@ -151,21 +159,34 @@ class PredictionService:
         webhook: str | None = None,
         webhook_events_filter: Sequence[str] | None = None,
         api_base_url: str | None = None,
+        wait_seconds: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Prediction:
-        # Refused here with every bad field; the worker validates again to fill defaults.
+        # Refused here with every bad field, relayed or not (upstream is never charged for
+        # a bad request); the worker validates again to fill defaults.
         inputs.validate(spec, raw_input)
         if webhook is not None:
             raise InvalidRequest(
                 "Webhooks are not delivered by this server yet; leave out `webhook` and "
                 "poll urls.get (or send Prefer: wait)."
             )
-        reason = self._provider.unavailable(spec)
+        relayed = self._relay is not None and self._relay.handles(spec)
+        if relayed:
+            assert self._relay is not None
+            reason = self._relay.unavailable(spec)
+        else:
+            reason = self._provider.unavailable(spec)
         if reason is not None:
             raise ModelUnavailable(reason)
+        prediction_id = new_prediction_id()
+        if idempotency_key is not None:
+            prediction_id, earlier = self._idempotent(key, idempotency_key, prediction_id)
+            if earlier is not None:
+                return earlier
         if self._file_inputs is not None:  # large data URIs become files; uploads checked
             raw_input = self._file_inputs.prepare(key, spec, raw_input, api_base_url=api_base_url)
         prediction = Prediction.starting(
-            id=new_prediction_id(),
+            id=prediction_id,
             api_key_id=key.id,
             model=spec.ref,
             version=spec.version,
@@ -178,8 +199,36 @@ class PredictionService:
         )
         with self._connect() as session:
             store.insert(session, prediction)
-        self._queue.submit(prediction.id)
+        if relayed:
+            assert self._relay is not None
+            self._relay.submit(prediction, wait_seconds)
+        else:
+            self._queue.submit(prediction.id)
         return prediction
+
+    def _idempotent(
+        self, key: ApiKey, idempotency_key: str, new_id: str
+    ) -> tuple[str, Prediction | None]:
+        """The id this create uses, and the prediction an earlier create with the same
+        ``Idempotency-Key`` made (None: this create makes it)."""
+        if not 1 <= len(idempotency_key) <= 255:
+            raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.")
+        with self._connect() as session:
+            prediction_id = relay_store.claim_idempotent(session, key.id, idempotency_key, new_id)
+            earlier = store.get(session, prediction_id) if prediction_id != new_id else None
+        return prediction_id, earlier
+
+    async def upstream_created(self, key: ApiKey, prediction: Prediction) -> Prediction:
+        """For a relayed prediction: wait (a while) until upstream answered its create, so
+        the upstream id is stored before the create returns; the newest state."""
+        if self._relay is None:
+            return prediction
+        created = self._relay.created_upstream(prediction.id)
+        if created is None:
+            return prediction
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(created), self._upstream_create_wait)
+        return await self.read(self.get, key, prediction.id)
 
     def get(self, key: ApiKey, prediction_id: str) -> Prediction:
         with self._connect() as session:
@@ -297,6 +346,8 @@ class PredictionService:
         requeued = failed = 0
         with self._connect() as session:
             unfinished = store.unfinished(session)
+        if self._relay is not None:
+            unfinished = self._relay.adopt(unfinished)
         for prediction in unfinished:
             if prediction.status is Status.STARTING:
                 self._queue.submit(prediction.id)

@@ -88,7 +88,11 @@ async def _create(
         webhook=body.webhook or body.webhook_completed,
         webhook_events_filter=body.webhook_events_filter,
         api_base_url=base_url(request) + api_prefix(request),
+        wait_seconds=wait,
+        idempotency_key=request.headers.get("idempotency-key"),
     )
+    if wait is None:
+        prediction = await service.upstream_created(key, prediction)
     headers = {"Location": prediction_out_url(request, prediction.id)}
     shown = None
     if wait is not None:
