@@ -112,8 +112,9 @@ class KeyPool:
         usable = [k for k in self.keys if k.usable and k.fingerprint not in (exclude or set())]
         if not usable:
             return None, 0.0
+        start = self._next % len(usable)
         self._next += 1
-        ordered = usable[self._next % len(usable) :] + usable[: self._next % len(usable)]
+        ordered = usable[start:] + usable[:start]
         best = min(ordered, key=lambda k: k.cooling(now))
         return best, best.cooling(now)
 
