@@ -22,7 +22,9 @@ from repligate.testing.live_server import LiveServer
 from tests.conftest import SD_REF
 from tests.relay_upstream import Fault, FaultyUpstream, png, wait_until
 
-GOOD, OTHER, BAD = "r8_good_token_aaaaaaaaaaaa", "r8_other_token_bbbbbbbbbbb", "r8_bad_token_cccccccccccc"
+GOOD = "r8_good_token_aaaaaaaaaaaa"
+OTHER = "r8_other_token_bbbbbbbbbbb"
+BAD = "r8_bad_token_cccccccccccc"
 
 
 @pytest.fixture
@@ -70,9 +72,10 @@ class Relay:
     def ended(self, prediction_id: str) -> dict[str, Any]:
         return dict(
             wait_until(
-                lambda: (p := self.get(prediction_id))["status"]
-                in ("succeeded", "failed", "canceled")
-                and p,
+                lambda: (
+                    (p := self.get(prediction_id))["status"] in ("succeeded", "failed", "canceled")
+                    and p
+                ),
                 f"{prediction_id} to end",
             )
         )
