@@ -95,7 +95,9 @@ def test_the_official_client_runs_a_relayed_model(
     prediction = client.predictions.create(version=SD_REF, input={**FAST_SD_INPUT, "seed": 3})
     prediction.wait()
     assert prediction.status == "succeeded", prediction.error
-    (url,) = prediction.output
+    output = prediction.output
+    assert isinstance(output, list)
+    (url,) = output
     assert url.startswith(f"{relay.url}/files/predictions/{prediction.id}/")
     assert png_size(url) == (64, 64)
     assert "Using seed: 3" in (prediction.logs or "")
@@ -108,8 +110,8 @@ def test_the_official_client_runs_a_relayed_model(
     assert prediction.metrics is not None
     assert prediction.metrics["predict_time"] == upstream_view["metrics"]["predict_time"]
     # `run` too, through the model route (it reads the version after creating).
-    output = client.run(SD_MODEL, input=FAST_SD_INPUT)
-    assert isinstance(output, list) and png_size(output[0]) == (64, 64)
+    ran = client.run(SD_MODEL, input=FAST_SD_INPUT)
+    assert isinstance(ran, list) and png_size(ran[0]) == (64, 64)
 
 
 def upstream_token_of(relay: LiveServer) -> str:
