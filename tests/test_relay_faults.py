@@ -4,14 +4,18 @@ come, cancels reaching upstream, a restart in the middle of a prediction."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from standardwebhooks.webhooks import Webhook
 from typer.testing import CliRunner
 
 from repligate.app import create_app
@@ -262,3 +266,37 @@ def test_an_idempotency_key_makes_one_prediction_and_one_upstream_create(
     again = relay.create(**{"Idempotency-Key": "order-17"})
     assert again["id"] == first["id"]
     assert upstream.count("create") == 1
+
+
+def test_signed_upstream_webhooks_are_taken_and_forged_ones_refused(
+    relay_for: Any, upstream: FaultyUpstream
+) -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    relay = relay_for(public_base_url="https://relay.example", upstream_webhook_secret=secret)
+    created = relay.create()
+    prediction = wait_until(lambda: upstream.predictions and upstream.only(), "the create")
+    assert prediction.body["webhook"] == f"https://relay.example/relay/webhooks/{created['id']}"
+    body = json.dumps({"id": prediction.id, "status": "processing", "logs": "pushed\n"})
+    url = f"/relay/webhooks/{created['id']}"
+
+    forged = Webhook("whsec_" + base64.b64encode(b"x" * 32).decode())
+    refused = relay.http.post(url, content=body, headers=signed(forged, body))
+    assert refused.status_code == 401
+    assert relay.get(created["id"])["logs"] == ""
+
+    taken = relay.http.post(url, content=body, headers=signed(Webhook(secret), body))
+    assert taken.status_code == 204
+    shown = wait_until(lambda: (p := relay.get(created["id"]))["logs"] and p, "the pushed logs")
+    assert shown["logs"] == "pushed\n" and shown["status"] == "processing"
+    finish_with_png(upstream)
+    assert relay.ended(created["id"])["status"] == "succeeded"
+
+
+def signed(hook: Webhook, body: str) -> dict[str, str]:
+    now = datetime.now(UTC)
+    return {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": hook.sign("msg_1", now, body),
+        "content-type": "application/json",
+    }

@@ -17,7 +17,17 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import errors, files, health, models, pages, predictions, uploads, web
+from repligate.api import (
+    errors,
+    files,
+    health,
+    models,
+    pages,
+    predictions,
+    relay_webhooks,
+    uploads,
+    web,
+)
 from repligate.bus import EventBus, InProcessBus
 from repligate.clock import Clock, SystemClock
 from repligate.execution import Executor
@@ -245,4 +255,5 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(web.router)
     app.include_router(pages.router)
     app.include_router(health.router)
+    app.include_router(relay_webhooks.router)
     return app

@@ -95,6 +95,7 @@ class RelayScheduler:
             transitions=transitions,
             io=self._io,
             record_upstream=self._record_upstream,
+            webhook_url=self.webhook_url,
             prepare_inputs=self._prepare_inputs,
             poll_min=settings.upstream_poll_min_seconds,
             poll_max=settings.upstream_poll_max_seconds,
@@ -251,15 +252,22 @@ class RelayScheduler:
         tracked.cancel_requested = True
         tracked.wake.set()
 
-    def deliver(self, upstream_id: str, body: dict[str, Any]) -> bool:
-        """An upstream webhook (already verified): the newest view of a prediction."""
-        if self._loop is None:
+    def deliver(self, prediction_id: str, body: dict[str, Any]) -> bool:
+        """An upstream webhook (already verified): the newest view of a prediction, if it
+        is the upstream prediction of ``prediction_id`` and still followed."""
+        tracked = self._tracked.get(prediction_id)
+        if self._loop is None or tracked is None or tracked.upstream_id != body.get("id"):
             return False
-        for tracked in list(self._tracked.values()):
-            if tracked.upstream_id == upstream_id:
-                self._loop.call_soon_threadsafe(self._push, tracked, body)
-                return True
-        return False
+        self._loop.call_soon_threadsafe(self._push, tracked, body)
+        return True
+
+    def webhook_url(self, prediction_id: str) -> str | None:
+        """Where upstream sends this prediction's webhooks (with a public base URL and
+        the upstream webhook secret set), else None: polls only."""
+        base = self._settings.public_base_url
+        if not base or self._settings.upstream_webhook_secret is None:
+            return None
+        return f"{base.rstrip('/')}/relay/webhooks/{prediction_id}"
 
     def _push(self, tracked: Tracked, body: dict[str, Any]) -> None:
         tracked.pushed = body

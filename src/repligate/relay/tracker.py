@@ -81,6 +81,7 @@ class Tracker:
         io: concurrent.futures.Executor,
         record_upstream: Callable[[str, str, str], None],
         prepare_inputs: Callable[[Tracked], dict[str, Any]],
+        webhook_url: Callable[[str], str | None],
         poll_min: float,
         poll_max: float,
         recheck: float,
@@ -91,6 +92,7 @@ class Tracker:
         self._io_pool = io
         self._record_upstream = record_upstream
         self._prepare_inputs = prepare_inputs
+        self._webhook_url = webhook_url
         self.poll_min = poll_min
         self.poll_max = poll_max
         self._recheck = recheck
@@ -124,7 +126,11 @@ class Tracker:
             await self._end(t, Status.FAILED, error=str(exc) or type(exc).__name__)
             return False
         key, reply = await self._client.create(
-            t.version, inputs, idempotency_key=t.prediction_id, wait=t.wait
+            t.version,
+            inputs,
+            idempotency_key=t.prediction_id,
+            wait=t.wait,
+            webhook=self._webhook_url(t.prediction_id),
         )
         upstream_id = str(reply.get("id") or "")
         if not upstream_id:

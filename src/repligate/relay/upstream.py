@@ -119,7 +119,13 @@ class UpstreamClient:
     # -- the calls --------------------------------------------------------------------
 
     async def create(
-        self, version: str, inputs: dict[str, Any], *, idempotency_key: str, wait: int | None
+        self,
+        version: str,
+        inputs: dict[str, Any],
+        *,
+        idempotency_key: str,
+        wait: int | None,
+        webhook: str | None = None,
     ) -> tuple[UpstreamKey, dict[str, Any]]:
         """Create upstream with any usable key; on 401/403 or 429, the next key."""
         headers = {"Idempotency-Key": idempotency_key}
@@ -127,7 +133,10 @@ class UpstreamClient:
         if wait:
             headers["Prefer"] = f"wait={wait}"
             read_timeout += wait
-        body = {"version": version, "input": inputs}
+        body: dict[str, Any] = {"version": version, "input": inputs}
+        if webhook is not None:
+            body["webhook"] = webhook
+            body["webhook_events_filter"] = ["start", "output", "logs", "completed"]
         tried: set[str] = set()
         failures = 0
         while True:
