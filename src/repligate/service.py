@@ -301,8 +301,10 @@ class PredictionService:
             # It ended (or was claimed and ended) between the read and the write.
             return self.get(key, prediction_id)
         # Stop the worker at its next step; its own final write loses the
-        # compare-and-set, so `canceled` stays.
-        self._queue.cancel(prediction_id)
+        # compare-and-set, so `canceled` stays. (A relayed one is canceled upstream by
+        # the relay, which hears of it from the event bus.)
+        if self._relay is None or not self._relay.following(prediction_id):
+            self._queue.cancel(prediction_id)
         return canceled
 
     async def wait(self, key: ApiKey, prediction: Prediction, seconds: float) -> Prediction:

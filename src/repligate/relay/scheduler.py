@@ -149,6 +149,9 @@ class RelayScheduler:
         if left:
             log.info("relay stopped with %d predictions in flight upstream; resumed at start", left)
 
+    def following(self, prediction_id: str) -> bool:
+        return prediction_id in self._tracked
+
     def in_flight(self) -> int:
         return len(self._tracked)
 
