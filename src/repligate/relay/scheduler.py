@@ -253,7 +253,7 @@ class RelayScheduler:
 
     def _request_cancel(self, tracked: Tracked) -> None:
         tracked.cancel_requested = True
-        tracked.wake.set()
+        tracked.wake()
 
     def deliver(self, prediction_id: str, body: dict[str, Any]) -> bool:
         """An upstream webhook (already verified): the newest view of a prediction, if it
@@ -274,7 +274,7 @@ class RelayScheduler:
 
     def _push(self, tracked: Tracked, body: dict[str, Any]) -> None:
         tracked.pushed = body
-        tracked.wake.set()
+        tracked.wake()
 
     # -- blocking helpers (run on the relay's I/O threads) -------------------------------
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ T = TypeVar("T")
 _TERMINAL = {"succeeded", "failed", "canceled"}
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tracked:
     """What the relay holds for one prediction in flight (kept small: 1,000 at once)."""
 
@@ -54,7 +53,12 @@ class Tracked:
     cancel_requested: bool = False
     pushed: dict[str, Any] | None = None  # the newest webhook body, if any
     created: concurrent.futures.Future[None] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set while the poll waits: resolving it (a webhook, a cancel) ends the wait early.
+    waker: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waker is not None and not self.waker.done():
+            self.waker.set_result(None)
 
     @classmethod
     def resumed(cls, prediction: Prediction, upstream_id: str, key: UpstreamKey | None) -> Tracked:
@@ -151,9 +155,7 @@ class Tracker:
                 await self._cancel_upstream(t)
                 return
             if t.pushed is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(t.wake.wait(), interval)
-            t.wake.clear()
+                await _nap(t, interval)
             if t.cancel_requested:
                 continue
             reply, t.pushed = t.pushed, None
@@ -273,6 +275,19 @@ class Tracker:
             log.info("canceled upstream prediction of %s", t.prediction_id)
         except UpstreamError as exc:
             log.warning("canceling %s upstream failed: %s", t.prediction_id, exc)
+
+
+async def _nap(t: Tracked, seconds: float) -> None:
+    """Sleep up to ``seconds``, or until woken. A bare future and a timer: no task per
+    wait (asyncio.wait_for on Event.wait makes one), with 1,000 predictions polling."""
+    loop = asyncio.get_running_loop()
+    t.waker = loop.create_future()
+    timer = loop.call_later(seconds, t.wake)
+    try:
+        await t.waker
+    finally:
+        timer.cancel()
+        t.waker = None
 
 
 def _settle(t: Tracked) -> None:
