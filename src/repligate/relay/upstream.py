@@ -210,6 +210,10 @@ class UpstreamClient:
                 self.pool.cool_down(current, retry_after(headers_in.get("Retry-After")))
             elif status >= 500 or status == 0:
                 failures = await self._back_off(failures, reply)
+            elif status == 404 and current is not key:
+                # Another account's key does not see this prediction: try the next.
+                tried.add(current.fingerprint)
+                current = key
             else:
                 raise UpstreamRejected(status, self.pool.redact(_detail(reply["_raw"])))
 
