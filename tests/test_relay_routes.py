@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -20,7 +21,7 @@ SPECS = {spec.ref: spec for spec in all_models()}
 SD, REMBG = SPECS["stability-ai/stable-diffusion"], SPECS["cjwbw/rembg"]
 
 
-def plan(tmp_path: Path, **values: object) -> RoutePlan:
+def plan(tmp_path: Path, **values: Any) -> RoutePlan:
     (tmp_path / "weights" / SD.key).mkdir(parents=True, exist_ok=True)
     settings = Settings(data_dir=tmp_path, weights_dir=tmp_path / "weights", **values)
     return RoutePlan(settings, LocalProvider(lambda: None))
