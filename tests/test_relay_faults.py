@@ -22,6 +22,8 @@ from repligate.app import create_app
 from repligate.cli import app as cli_app
 from repligate.relay.keypool import fingerprint
 from repligate.settings import Settings
+from repligate.store import db
+from repligate.store import relay as relay_store
 from repligate.testing.live_server import LiveServer
 from tests.conftest import SD_REF
 from tests.relay_upstream import Fault, FaultyUpstream, png, wait_until
@@ -263,9 +265,14 @@ def test_an_idempotency_key_makes_one_prediction_and_one_upstream_create(
 ) -> None:
     relay = relay_for()
     first = relay.create(**{"Idempotency-Key": "order-17"})
+    # The upstream id was stored before the (async) create answered.
+    with db.connect(relay.server.container.sessions) as session:
+        (row,) = relay_store.relayed(session, [first["id"]]).values()
+    assert row.upstream_id == upstream.only().id
     again = relay.create(**{"Idempotency-Key": "order-17"})
     assert again["id"] == first["id"]
     assert upstream.count("create") == 1
+    assert upstream.only().body["input"] == {"prompt": "a fox"}
 
 
 def test_signed_upstream_webhooks_are_taken_and_forged_ones_refused(
