@@ -14,8 +14,8 @@ Measured per process: peak RSS (VmHWM, import and startup included), RSS just be
 the batch (idle), (peak - idle) / N, CPU (utime+stime from /proc) over the batch per
 upstream request, wall time from the first create to the last success, and how many
 predictions were lost (not succeeded with the expected output file). The server's CPU
-also covers the inbound API: N creates held with ``Prefer: wait=60`` (polled every 2 s
-after, if ever needed).
+also covers the inbound API: N creates, then the load generator's polls every 2 s
+(``--inbound poll``), or N creates held with ``Prefer: wait=60`` (``--inbound wait``).
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def run_floor(client: str, upstream: str, n: int) -> dict[str, Any]:
     return result
 
 
-async def drive_server(url: str, token: str, n: int) -> tuple[int, float]:
+async def drive_server(url: str, token: str, n: int, inbound: str) -> tuple[int, float]:
     import aiohttp
 
     headers = {"Authorization": f"Bearer {token}"}
@@ -192,8 +192,9 @@ async def drive_server(url: str, token: str, n: int) -> tuple[int, float]:
 
         async def one() -> bool | str:
             body = {"version": version, "input": {"prompt": "a fox"}}
-            # Held until it ends (Prefer: wait), as a waiting client does; polled after.
-            wait = {"Prefer": "wait=60"}
+            # poll: answered once upstream took it, then polled every 2 s (Replicate's
+            # default). wait: held until it ends (Prefer: wait=60), polled after if needed.
+            wait = {"Prefer": "wait=60"} if inbound == "wait" else {}
             async with session.post(f"{url}/v1/predictions", json=body, headers=wait) as r:
                 p = await r.json()
             while p["status"] not in ("succeeded", "failed", "canceled"):
@@ -213,7 +214,7 @@ async def drive_server(url: str, token: str, n: int) -> tuple[int, float]:
         return sum(1 for r in results if r is True), time.monotonic() - t0
 
 
-def run_server(upstream: str, n: int, seconds: float) -> dict[str, Any]:
+def run_server(upstream: str, n: int, inbound: str) -> dict[str, Any]:
     import httpx
 
     port = free_port()
@@ -247,7 +248,7 @@ def run_server(upstream: str, n: int, seconds: float) -> dict[str, Any]:
                 time.sleep(0.1)
         upstream_stats(upstream, "/_reset", "POST")
         idle, cpu0 = proc_status(server.pid, "VmRSS"), proc_cpu(server.pid)
-        ok, wall = asyncio.run(drive_server(url, token, n))
+        ok, wall = asyncio.run(drive_server(url, token, n, inbound))
         cpu = proc_cpu(server.pid) - cpu0
         peak = proc_status(server.pid, "VmHWM")
         torch = "torch" in Path(f"/proc/{server.pid}/maps").read_text()
@@ -269,6 +270,7 @@ def main() -> None:
     parser.add_argument("--upstream", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--skip-httpx", action="store_true")
+    parser.add_argument("--inbound", default="poll", choices=["poll", "wait"])
     args = parser.parse_args()
     if args.role == "upstream":
         serve_upstream(args.port, args.seconds)
@@ -287,7 +289,7 @@ def main() -> None:
     rows: list[tuple[str, dict[str, Any]]] = []
     try:
         rows.append(
-            ("repligate serve, all models relayed", run_server(upstream, args.n, args.seconds))
+            ("repligate serve, all models relayed", run_server(upstream, args.n, args.inbound))
         )
         rows.append(("floor: bare asyncio + aiohttp", run_floor("aiohttp", upstream, args.n)))
         if not args.skip_httpx:
@@ -296,7 +298,8 @@ def main() -> None:
         fake.terminate()
         fake.wait(10)
     n = args.n
-    print(f"\nN = {n} predictions of {args.seconds:g} s each, all at once; polls every 0.5 s\n")
+    print(f"\nN = {n} predictions of {args.seconds:g} s each, all at once; polls every 0.5 s;")
+    print(f"inbound to the server: {args.inbound}\n")
     head = (
         "what",
         "peak MB",
