@@ -47,8 +47,12 @@ class RoutePlan:
         if spec.ref not in self._decided:
             chosen = self.configured(spec)
             if chosen == AUTO:
-                local_ready = self._local.unavailable(spec) is None and self._has_weights(spec)
-                chosen = REPLICATE if not local_ready and self._relay_ready else LOCAL
+                # Without upstream keys there is nothing to choose (and the local
+                # provider's own checks stay for create time).
+                relay = self._relay_ready and not (
+                    self._local.unavailable(spec) is None and self._has_weights(spec)
+                )
+                chosen = REPLICATE if relay else LOCAL
             self._decided[spec.ref] = chosen
         return self._decided[spec.ref]
 
