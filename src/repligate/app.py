@@ -11,14 +11,25 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from repligate import __version__
-from repligate.api import account, errors, files, health, models, pages, predictions, uploads, web
+from repligate.api import (
+    account,
+    errors,
+    files,
+    health,
+    models,
+    pages,
+    predictions,
+    relay_webhooks,
+    uploads,
+    web,
+)
 from repligate.api import streams as streams_api
 from repligate.api import webhooks as webhooks_api
 from repligate.api.limits import limit_reads
@@ -52,6 +63,10 @@ from repligate.usage import UsageRecorder
 from repligate.webhook_sender import WebhookSender
 from repligate.webhooks import Render, WebhookDeliverer
 
+if TYPE_CHECKING:
+    from repligate.relay.routes import RoutePlan
+    from repligate.relay.scheduler import RelayScheduler
+
 log = logging.getLogger(__name__)
 
 # Builds a queue around the executor's entry point and the cancel flags it checks.
@@ -77,6 +92,9 @@ class Container:
     limiter: KeyLimiter | None = None
     usage: UsageRecorder | None = None
     sweeper: Sweeper | None = None
+    # Where each model runs, and the relay to Replicate (None when no model is relayed).
+    routes: RoutePlan | None = None
+    relay: RelayScheduler | None = None
 
 
 def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
@@ -138,6 +156,11 @@ def build_container(
     notifier = CompletionNotifier()
     bus.subscribe(notifier.on_event)
     transitions = Transitions(sessions, bus, clock)
+    routes, relay = build_relay(
+        settings, provider, registry, sessions, transitions, storage, fetcher, clock
+    )
+    if relay is not None:
+        bus.subscribe(relay.on_event)
     flags = CancelFlags()
     executor = Executor(
         transitions=transitions,
@@ -171,6 +194,8 @@ def build_container(
         file_inputs=file_inputs,
         webhook_refusal=sender.refusal,
         deadlines=deadlines,
+        relay=relay,
+        upstream_create_wait=settings.upstream_create_wait_seconds,
     )
     links = WebLinks(secret, settings.web_link_ttl_seconds)
     webhooks = WebhookDeliverer(
@@ -223,6 +248,8 @@ def build_container(
         limiter=limiter,
         usage=usage,
         sweeper=sweeper,
+        routes=routes,
+        relay=relay,
     )
 
 
@@ -244,6 +271,39 @@ def _webhook_body(settings: Settings, storage: Storage, links: WebLinks) -> Rend
     return render
 
 
+def build_relay(
+    settings: Settings,
+    provider: Provider,
+    registry: Registry,
+    sessions: sessionmaker[Session],
+    transitions: Transitions,
+    storage: Storage,
+    fetcher: Fetcher,
+    clock: Clock,
+) -> tuple[RoutePlan | None, RelayScheduler | None]:
+    """The route of each model, and the relay when some model goes to Replicate."""
+    if not isinstance(provider, LocalProvider):
+        return None, None  # a fake provider (tests) runs everything
+    from repligate.relay.routes import RoutePlan
+
+    routes = RoutePlan(settings, provider)
+    if not routes.any_relayed(registry.all()):
+        return routes, None
+    from repligate.relay.scheduler import RelayScheduler
+
+    relay = RelayScheduler(
+        settings=settings,
+        routes=routes,
+        registry=registry,
+        sessions=sessions,
+        transitions=transitions,
+        storage=storage,
+        fetcher=fetcher,
+        clock=clock,
+    )
+    return routes, relay
+
+
 def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
     container = container or build_container(settings)
 
@@ -251,6 +311,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         migrate.upgrade(container.engine)
         container.queue.start()
+        if container.relay is not None:
+            container.relay.start()
         container.service.recover()
         container.webhooks.start()
         container.deadlines.start()
@@ -272,6 +334,8 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             await asyncio.to_thread(container.queue.stop)
             # After the workers: their last completions are delivered, or stay in the
             # outbox for the next start.
+            if container.relay is not None:
+                await asyncio.to_thread(container.relay.stop)
             await asyncio.to_thread(container.webhooks.stop)
             if container.usage is not None:
                 await asyncio.to_thread(container.usage.close)
@@ -292,4 +356,5 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(web.router)
     app.include_router(pages.router)
     app.include_router(health.router)
+    app.include_router(relay_webhooks.router)
     return app

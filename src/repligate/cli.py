@@ -15,16 +15,20 @@ from rich.console import Console
 from rich.table import Table
 
 from repligate import cli_limits, cli_usage, cli_webhooks
+from repligate.cli_upstream import upstream_app
 from repligate.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
+
+    from repligate.providers.local import LocalProvider
 
 app = typer.Typer(
     help="A self-hosted, Replicate-compatible predictions server.", no_args_is_help=True
 )
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(upstream_app, name="upstream")
 console = Console(stderr=True)
 
 
@@ -95,11 +99,24 @@ def migrate() -> None:
 def models() -> None:
     """List the models this server knows."""
     from repligate.models import all_models
+    from repligate.relay.routes import RoutePlan
 
-    table = Table("model", "version", "runner")
+    routes = RoutePlan(Settings(), _local_provider())
+    table = Table("model", "version", "runner", "route")
     for spec in all_models():
-        table.add_row(spec.ref, spec.version, "local" if spec.runner else "none yet")
+        table.add_row(
+            spec.ref, spec.version, "local" if spec.runner else "none yet", routes.route(spec)
+        )
     Console().print(table)
+
+
+def _local_provider() -> LocalProvider:
+    from repligate.providers.local import LocalProvider
+
+    def no_env() -> None:
+        raise RuntimeError("the CLI runs no model")
+
+    return LocalProvider(no_env)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,7 +37,11 @@ from repligate.registry import Registry
 from repligate.store import db
 from repligate.store import keys as key_store
 from repligate.store import predictions as store
+from repligate.store import relay as relay_store
 from repligate.transitions import Transitions
+
+if TYPE_CHECKING:
+    from repligate.relay.scheduler import RelayScheduler
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,8 @@ class PredictionService:
         file_inputs: FileInputs | None = None,
         webhook_refusal: Callable[[str], str | None] | None = None,
         deadlines: DeadlineWatcher | None = None,
+        relay: RelayScheduler | None = None,
+        upstream_create_wait: float = 10.0,
     ) -> None:
         self._sessions = sessions
         self.registry = registry
@@ -116,6 +122,8 @@ class PredictionService:
         self._deadlines = deadlines
         self._stop_hooks: list[Callable[[], None]] = []
         self._stopping = False
+        self._relay = relay
+        self._upstream_create_wait = upstream_create_wait
         self._reads_inline = db.reads_inline(sessions)
         self._kept = db.KeptConnection(sessions)
 
@@ -161,25 +169,38 @@ class PredictionService:
         cancel_after: float | None = None,
         base_url: str | None = None,
         api_prefix: str = "",
+        wait_seconds: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Prediction:
         """``cancel_after``: seconds from now after which it is canceled (Cancel-After).
         ``base_url`` and ``api_prefix``: where the caller reached the server (its webhook
         bodies carry the URLs the caller's GET would show)."""
-        # Refused here with every bad field; the worker validates again to fill defaults.
+        # Refused here with every bad field, relayed or not (upstream is never charged for
+        # a bad request); the worker validates again to fill defaults.
         inputs.validate(spec, raw_input)
         if webhook is not None and self._webhook_refusal is not None:
             refusal = self._webhook_refusal(webhook)
             if refusal is not None:
                 raise InvalidRequest(f"The webhook URL is refused: {refusal}.")
-        reason = self._provider.unavailable(spec)
+        relayed = self._relay is not None and self._relay.handles(spec)
+        if relayed:
+            assert self._relay is not None
+            reason = self._relay.unavailable(spec)
+        else:
+            reason = self._provider.unavailable(spec)
         if reason is not None:
             raise ModelUnavailable(reason)
+        prediction_id = new_prediction_id()
+        if idempotency_key is not None:
+            prediction_id, earlier = self._idempotent(key, idempotency_key, prediction_id)
+            if earlier is not None:
+                return earlier
         if self._file_inputs is not None:  # large data URIs become files; uploads checked
             raw_input = self._file_inputs.prepare(key, spec, raw_input, api_base_url=api_base_url)
         created_at = self._clock.now()
         deadline = created_at + timedelta(seconds=cancel_after) if cancel_after else None
         prediction = Prediction.starting(
-            id=new_prediction_id(),
+            id=prediction_id,
             api_key_id=key.id,
             model=spec.ref,
             version=spec.version,
@@ -197,8 +218,36 @@ class PredictionService:
             store.insert(session, prediction)
         if deadline is not None and self._deadlines is not None:
             self._deadlines.watch(prediction.id, deadline)
-        self._queue.submit(prediction.id)
+        if relayed:
+            assert self._relay is not None
+            self._relay.submit(prediction, wait_seconds)
+        else:
+            self._queue.submit(prediction.id)
         return prediction
+
+    def _idempotent(
+        self, key: ApiKey, idempotency_key: str, new_id: str
+    ) -> tuple[str, Prediction | None]:
+        """The id this create uses, and the prediction an earlier create with the same
+        ``Idempotency-Key`` made (None: this create makes it)."""
+        if not 1 <= len(idempotency_key) <= 255:
+            raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.")
+        with self._connect() as session:
+            prediction_id = relay_store.claim_idempotent(session, key.id, idempotency_key, new_id)
+            earlier = store.get(session, prediction_id) if prediction_id != new_id else None
+        return prediction_id, earlier
+
+    async def upstream_created(self, key: ApiKey, prediction: Prediction) -> Prediction:
+        """For a relayed prediction: wait (a while) until upstream answered its create, so
+        the upstream id is stored before the create returns; the newest state."""
+        if self._relay is None:
+            return prediction
+        created = self._relay.created_upstream(prediction.id)
+        if created is None:
+            return prediction
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.wrap_future(created), self._upstream_create_wait)
+        return await self.read(self.get, key, prediction.id)
 
     def get(self, key: ApiKey, prediction_id: str) -> Prediction:
         with self._connect() as session:
@@ -271,8 +320,10 @@ class PredictionService:
             # It ended (or was claimed and ended) between the read and the write.
             return self.get(key, prediction_id)
         # Stop the worker at its next step; its own final write loses the
-        # compare-and-set, so `canceled` stays.
-        self._queue.cancel(prediction_id)
+        # compare-and-set, so `canceled` stays. (A relayed one is canceled upstream by
+        # the relay, which hears of it from the event bus.)
+        if self._relay is None or not self._relay.following(prediction_id):
+            self._queue.cancel(prediction_id)
         return canceled
 
     async def wait(self, key: ApiKey, prediction: Prediction, seconds: float) -> Prediction:
@@ -322,9 +373,13 @@ class PredictionService:
         requeued = failed = 0
         with self._connect() as session:
             unfinished = store.unfinished(session)
+        if self._deadlines is not None:  # relayed ones too: a deadline cancels upstream
+            for prediction in unfinished:
+                if prediction.deadline is not None:
+                    self._deadlines.watch(prediction.id, prediction.deadline)
+        if self._relay is not None:  # the relay follows its own; the rest are local
+            unfinished = self._relay.adopt(unfinished)
         for prediction in unfinished:
-            if prediction.deadline is not None and self._deadlines is not None:
-                self._deadlines.watch(prediction.id, prediction.deadline)
             if prediction.status is Status.STARTING:
                 self._queue.submit(prediction.id)
                 requeued += 1

@@ -6,6 +6,7 @@ Nothing is read at import time; ``Settings()`` reads the environment when called
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -140,6 +141,38 @@ class Settings(BaseSettings):
         parse_rate(value)  # ValueError saying how to write one
         return value
 
+    # The relay to Replicate (relay/). Each model runs `local`, `replicate` or `auto`
+    # (local when its requirements and weights are here, else relayed when upstream
+    # tokens are set). REPLIGATE_ROUTES: a JSON object, e.g. {"cjwbw/rembg": "replicate"}.
+    route: Literal["local", "replicate", "auto"] = "auto"
+    routes: dict[str, Literal["local", "replicate", "auto"]] = Field(default_factory=dict)
+    # Trusted as configured: output files on this host are copied even when it is a
+    # loopback or private address (the operator chose it).
+    upstream_url: str = "https://api.replicate.com/v1"
+    # Comma-separated upstream API tokens (the key pool); never shown anywhere.
+    upstream_tokens: SecretStr | None = None
+    # Per upstream key: requests at once, and requests per minute (Replicate allows 600
+    # creates and 3,000 other requests a minute per account).
+    upstream_key_concurrency: int = Field(default=200, ge=1)
+    upstream_creates_per_minute: float = Field(default=600, gt=0)
+    upstream_requests_per_minute: float = Field(default=3000, gt=0)
+    # Polls start this often and back off to the max while nothing changes upstream.
+    upstream_poll_min_seconds: float = Field(default=0.5, gt=0)
+    upstream_poll_max_seconds: float = Field(default=10.0, gt=0)
+    # 5xx and network errors: retried this many times, backing off (jittered) up to the cap.
+    upstream_max_retries: int = Field(default=5, ge=0)
+    upstream_backoff_seconds: float = Field(default=0.5, gt=0)
+    upstream_backoff_cap_seconds: float = Field(default=30.0, gt=0)
+    upstream_timeout_seconds: float = Field(default=30.0, gt=0)
+    # How often keys taken out of the pool (401/403) are checked again.
+    upstream_key_recheck_seconds: float = Field(default=300.0, gt=0)
+    # An async create waits this long for the upstream create, so the upstream id is
+    # stored before the create returns; past it, the create goes on in the background.
+    upstream_create_wait_seconds: float = Field(default=10.0, ge=0)
+    # With public_base_url set, upstream webhooks are received (and polls slow down);
+    # the secret is Replicate's (GET /v1/webhooks/default/secret, whsec_...).
+    upstream_webhook_secret: SecretStr | None = None
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -148,3 +181,10 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+    def upstream_token_list(self) -> list[str]:
+        """The upstream key pool, in the order given (blank entries dropped)."""
+        if self.upstream_tokens is None:
+            return []
+        raw = self.upstream_tokens.get_secret_value()
+        return [token.strip() for token in raw.split(",") if token.strip()]

@@ -86,8 +86,12 @@ class Transitions:
         logs: str | None = None,
         append_logs: str | None = None,
         claimed: Prediction | None = None,
+        predict_time: float | None = None,
     ) -> Prediction | None:
         """Move to a terminal status; ``completed`` is published once, by the winner.
+
+        ``predict_time``: the run's own time where it ran elsewhere (a relayed prediction
+        reports upstream's); else it is measured from ``started_at``.
 
         ``keep_output`` leaves the output the prediction already has (a canceled or failed
         prediction keeps what it produced). ``append_logs`` adds the last log lines in the
@@ -103,6 +107,8 @@ class Transitions:
             fields["output"] = output
         if logs is not None:
             fields["logs"] = logs
+        if predict_time is not None:
+            fields["predict_time"] = predict_time
         try:
             return self._move(prediction_id, status, fields, append_logs, claimed)
         except Exception as exc:
@@ -153,6 +159,7 @@ class Transitions:
                 if current is None or not lifecycle.can_move(current.status, status):
                     return None
                 now = self._clock.now()
+                timed = {"predict_time": _seconds(current.started_at, now), **fields}
                 moved = store.move(
                     session,
                     prediction_id,
@@ -160,11 +167,10 @@ class Transitions:
                     expected=current.status,
                     completed_at=now,
                     total_time=_seconds(current.created_at, now),
-                    predict_time=_seconds(current.started_at, now),
                     append_logs=append_logs,
                     webhook_event=EventKind.COMPLETED.value,
                     now=now,
-                    **fields,
+                    **timed,
                 )
                 if moved is not None:
                     return self._publish(EventKind.COMPLETED, moved)

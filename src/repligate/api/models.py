@@ -7,8 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from repligate.api.deps import CurrentKey, ServiceDep, base_url
+from repligate.api.deps import CurrentKey, ServiceDep, base_url, container
 from repligate.api.wire import model_out, version_out
+from repligate.models.spec import ModelSpec
 
 router = APIRouter()
 
@@ -20,7 +21,8 @@ def list_models(request: Request, service: ServiceDep, key: CurrentKey) -> dict[
         "next": None,
         "previous": None,
         "results": [
-            model_out(spec, base, service.run_count(spec)) for spec in service.registry.all()
+            _with_route(request, spec, model_out(spec, base, service.run_count(spec)))
+            for spec in service.registry.all()
         ],
     }
 
@@ -30,7 +32,14 @@ def get_model(
     owner: str, name: str, request: Request, service: ServiceDep, key: CurrentKey
 ) -> dict[str, Any]:
     spec = service.registry.model(owner, name)
-    return model_out(spec, base_url(request), service.run_count(spec))
+    return _with_route(request, spec, model_out(spec, base_url(request), service.run_count(spec)))
+
+
+def _with_route(request: Request, spec: ModelSpec, model: dict[str, Any]) -> dict[str, Any]:
+    """Where the model runs on this server: ``local`` or ``replicate`` (relayed)."""
+    routes = container(request).routes
+    model["route"] = routes.route(spec) if routes is not None else "local"
+    return model
 
 
 @router.get("/models/{owner}/{name}/versions")

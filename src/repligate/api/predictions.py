@@ -98,7 +98,11 @@ async def _create(
         cancel_after=parse_cancel_after(cancel_after) if cancel_after is not None else None,
         base_url=base_url(request),
         api_prefix=api_prefix(request),
+        wait_seconds=wait,
+        idempotency_key=request.headers.get("idempotency-key"),
     )
+    if wait is None:
+        prediction = await service.upstream_created(key, prediction)
     headers = {"Location": prediction_out_url(request, prediction.id)}
     shown = None
     if wait is not None:

@@ -217,3 +217,41 @@ class UsageRow(Base):
     frames: Mapped[int] = mapped_column(Integer)
     video_seconds: Mapped[float] = mapped_column(Float)
     output_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class RelayedPredictionRow(Base):
+    """A prediction run through the upstream relay: which upstream prediction it is, and
+    with which upstream key (by fingerprint) it was created. The row exists before the
+    upstream create is sent, so a restart finds every relayed prediction again."""
+
+    __tablename__ = "relayed_predictions"
+
+    prediction_id: Mapped[str] = mapped_column(ForeignKey("predictions.id"), primary_key=True)
+    upstream_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_fingerprint: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UpstreamKeyRow(Base):
+    """The state of one upstream key of the pool, as the relay last saw it (for
+    ``repligate upstream status``). Keys are known by fingerprint only, never by token."""
+
+    __tablename__ = "upstream_keys"
+
+    fingerprint: Mapped[str] = mapped_column(String(16), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IdempotencyKeyRow(Base):
+    """A create retried with the same ``Idempotency-Key`` (per API key) answers with the
+    prediction the first one made, instead of making another."""
+
+    __tablename__ = "idempotency_keys"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # No foreign key: the key is claimed before the prediction is inserted, so two racing
+    # creates agree on one id before either makes anything.
+    prediction_id: Mapped[str] = mapped_column(String(32))
