@@ -9,9 +9,10 @@ from repligate.runners.background_removal import U2NetBackgroundRemovalRunner
 
 def check_input(values: dict[str, Any]) -> list[InvalidField]:
     # The schema's default for `image` is "", so it does not mark it required; the
-    # original then fails at run time. Refusing at create says the same sooner.
+    # original then fails at run time. Refusing at create says the same sooner, in the
+    # shape of the schema's own "required" problems.
     if not values.get("image"):
-        return [InvalidField("required", "input.image", "image is required")]
+        return [InvalidField("required", "input", "image is required")]
     return []
 
 
