@@ -13,14 +13,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import replicate
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from repligate.app import create_app
 from repligate.models import rembg
 from repligate.settings import Settings
 from repligate.testing import tiny_rembg
+from repligate.testing.live_server import LiveServer
 from tests.api_helpers import app_client, assert_problem
 from tests.api_helpers import image as fetch_image
 from tests.conftest import make_token
@@ -187,3 +191,25 @@ def test_an_image_is_required_at_create(
         {"type": "required", "field": "input", "description": "image is required"}
     ]
     assert client.get("/v1/predictions", headers=auth).json()["results"] == []
+
+
+@pytest.mark.parametrize("ref", ["cjwbw/rembg", REF], ids=["model-name", "version"])
+def test_the_official_client_runs_it_with_an_open_file(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ref: str
+) -> None:
+    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
+    path = tmp_path / "photo.png"
+    noise_image(37, 23, seed=5).save(path)
+    with LiveServer(create_app(settings)) as server:
+        token = server.make_token()
+        client = replicate.Client(api_token=token, base_url=server.url)
+        with path.open("rb") as handle:
+            output = client.run(ref, input={"image": handle})
+        # One URL (1.0.7 leaves http: URLs as strings), as Replicate's rembg returns.
+        assert isinstance(output, str) and output.endswith("/out.png")
+        response = httpx.get(output, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        [uploaded] = client.files.list()
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(response.content)) as out:
+        assert (out.format, out.mode, out.size) == ("PNG", "RGBA", (37, 23))
+    assert uploaded.name == "photo.png"
