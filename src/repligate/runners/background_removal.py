@@ -74,10 +74,11 @@ class U2NetBackgroundRemovalRunner:
             # The schema's default is "" (the original fails on it at run time); create
             # refuses it already (models/rembg.py), this is for callers of the runner.
             raise PredictionFailure("image: an input image is required")
+        # The input first: a bad image is the caller's to fix, whatever the weights.
+        image = without_orientation(image_file.image(exif_transpose=False, mode=None))
         loaded = self.session()
         if self.env.weights.is_random(self.spec):
             ctx.emit(Log("Note: this server runs tiny random weights; outputs are noise."))
-        image = without_orientation(image_file.image(exif_transpose=False, mode=None))
         if ctx.canceled():
             raise Canceled()
         from rembg import remove
