@@ -181,6 +181,33 @@ def test_a_decompression_bomb_and_a_file_over_the_byte_limit_by_url_are_refused(
     assert huge["error"] == "image: the file is larger than 200000 bytes"
 
 
+def test_an_uploaded_file_is_used_and_one_over_the_byte_limit_is_refused(
+    settings: Settings,
+) -> None:
+    small, large = io.BytesIO(), io.BytesIO()
+    noise_image(21, 13).save(small, format="PNG")
+    noise_image(120, 100).save(large, format="PNG")
+    assert len(small.getvalue()) < 20_000 < len(large.getvalue())
+    with app_client(settings, fetch_max_bytes=20_000) as client:
+        auth = {"Authorization": f"Bearer {make_token(client)}"}
+        urls = []
+        for buffer in (small, large):
+            response = client.post(
+                "/v1/files",
+                files={"content": ("in.png", buffer.getvalue(), "image/png")},
+                headers=auth,
+            )
+            assert response.status_code == 201, response.text
+            urls.append(response.json()["urls"]["get"])
+        used = predict(client, auth, REF, {"image": urls[0]})
+        assert succeeded_output(client, used).size == (21, 13)
+        refused = predict(client, auth, REF, {"image": urls[1]})
+    assert refused["status"] == "failed"
+    assert refused["error"] == (
+        f"image: the file is {len(large.getvalue())} bytes, more than 20000"
+    )
+
+
 @pytest.mark.parametrize("sent", [{}, {"image": ""}], ids=["missing", "empty"])
 def test_an_image_is_required_at_create(
     client: TestClient, auth: dict[str, str], sent: dict[str, str]
