@@ -1,22 +1,16 @@
 """The image editing models through HTTP against a direct call of the same runner: prints
 one table, never passes or fails.
 
-    python bench/editing.py                       # 640x480, 5 rounds, tiny weights
-    python bench/editing.py --rounds 9 --size 1024x768 --weights DIR
+    python bench/editing.py               # 5 rounds
+    python bench/editing.py --rounds 9
 
-One function per model (``bench_<model>``) returns its rows; ``main`` prints them. Each
-starts from one live repligate server (uvicorn, in-process worker, SQLite, local files)
-on the tiny random weights (``repligate.testing.tiny_weights``; real weights with
-``--weights``), and, round by round so that drift cancels, times:
-
-- HTTP: ``POST /replicate/v1/predictions`` (sync, the image as a data URI) until the
-  succeeded prediction comes back, then the download of its output file;
-- direct: the server's own runner object (``provider.runner(spec).run``, the same
-  session and code) on one long-lived thread, given the already-decoded input file,
-  returning the encoded PNG.
-
-The first HTTP call of a model loads its session; a warm-up call on each side comes
-before the rounds, so the table compares steady states. The ratio is HTTP / direct.
+Builds the tiny random-weight models it needs in a temp dir and starts a live repligate
+server. Each model has one function (``bench_<model>``) that returns its row. Round by
+round (so drift cancels) it runs the same prediction both ways: through
+``POST /v1/predictions`` with ``Prefer: wait`` (an image sent as a data URI; the output
+PNG stored and its URL returned), and directly: the server's own runner object called on
+one long-lived thread with the same image already fetched, returning the encoded PNG.
+One warm-up of each way is dropped. The ratio is HTTP over direct, from this one run.
 """
 
 from __future__ import annotations
@@ -31,7 +25,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +36,20 @@ from PIL import Image
 from repligate.app import create_app
 from repligate.events import Event
 from repligate.fetch import FetchedFile
-from repligate.models import rembg
+from repligate.models import all_models
+from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
 from repligate.settings import Settings
 from repligate.testing.live_server import LiveServer
+from repligate.testing.tiny_weights import BUILDERS
+
+# The tiny weights each model's bench needs (tiny_weights.BUILDERS keys).
+WEIGHTS = ["sujaykhandekar__object-removal", "cjwbw__rembg"]
+
+Row = tuple[str, float, float]  # (model, HTTP median seconds, direct median seconds)
 
 
-@dataclass(frozen=True)
-class Row:
-    model: str
-    case: str
-    http_s: float
-    direct_s: float
-
-    @property
-    def ratio(self) -> float:
-        return self.http_s / self.direct_s
-
-
-class _Context:
-    """The RunContext of a direct call: nothing reported anywhere, never canceled."""
-
-    prediction_id = "bench"
+class DirectContext:
+    prediction_id = "direct"
 
     def emit(self, event: Event) -> None:
         pass
@@ -72,121 +58,104 @@ class _Context:
         return False
 
 
-@dataclass
 class Bench:
-    """What every model's function shares: the server, a keep-alive HTTP client, the one
-    thread that makes the direct calls, and the sizes asked for."""
+    def __init__(self, server: LiveServer, rounds: int) -> None:
+        self.server = server
+        self.rounds = rounds
+        self.http = httpx.Client(
+            base_url=server.url,
+            headers={"Authorization": f"Bearer {server.make_token()}", "Prefer": "wait=60"},
+            timeout=120,
+        )
+        self.thread = ThreadPoolExecutor(max_workers=1)  # the direct calls' one thread
+        self.specs = {spec.ref: spec for spec in all_models()}
 
-    server: LiveServer
-    http: httpx.Client
-    thread: ThreadPoolExecutor
-    rounds: int
-    size: tuple[int, int]
-
-    def predict(self, version: str, inputs: dict[str, Any]) -> float:
-        body = {"version": version, "input": inputs}
+    def predict(self, ref: str, inputs: dict[str, Any]) -> float:
+        body = {"version": self.specs[ref].version, "input": inputs}
         started = time.perf_counter()
-        answer = self.http.post("/replicate/v1/predictions", json=body).json()
+        answer = self.http.post("/v1/predictions", json=body).json()
+        elapsed = time.perf_counter() - started
         if answer["status"] != "succeeded":
-            raise SystemExit(f"{version} did not succeed: {answer['error']}")
-        outputs = answer["output"] if isinstance(answer["output"], list) else [answer["output"]]
-        for url in outputs:
-            self.http.get(url).raise_for_status()
-        return time.perf_counter() - started
+            raise SystemExit(f"{ref} did not succeed: {answer.get('error')}")
+        return elapsed
 
-    def direct(self, call: Callable[[], Any]) -> float:
-        def timed() -> float:
+    def direct(self, ref: str, inputs: dict[str, Any]) -> float:
+        runner = self.server.container.provider.runner(self.specs[ref])
+
+        def run() -> float:
             started = time.perf_counter()
-            call()
+            runner.run(inputs, DirectContext())
             return time.perf_counter() - started
 
-        return self.thread.submit(timed).result()
+        return self.thread.submit(run).result()
 
-    def compare(
-        self, model: str, case: str, http: Callable[[], float], direct: Callable[[], float]
-    ) -> Row:
-        http(), direct()  # warm-up: sessions load, caches fill
-        http_times, direct_times = [], []
-        for index in range(self.rounds):
-            # Alternate which side goes first, so neither always follows the other.
-            if index % 2:
-                direct_times.append(direct())
-                http_times.append(http())
-            else:
-                http_times.append(http())
-                direct_times.append(direct())
-        return Row(model, case, statistics.median(http_times), statistics.median(direct_times))
+    def compare(self, ref: str, http: Callable[[], float], direct: Callable[[], float]) -> Row:
+        http(), direct()  # warm-up: loading, first-call allocations
+        over_http, directly = [], []
+        for _ in range(self.rounds):
+            over_http.append(http())
+            directly.append(direct())
+        return ref, statistics.median(over_http), statistics.median(directly)
 
 
-def photo(size: tuple[int, int]) -> bytes:
-    picture = Image.effect_noise(size, 64).convert("RGB")
+def png_bytes(picture: Image.Image) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def bench_rembg(bench: Bench) -> list[Row]:
-    """cjwbw/rembg: one image of ``bench.size``, as a data URI over HTTP."""
-    spec = rembg.MODEL
-    data = photo(bench.size)
+def bench_object_removal(bench: Bench) -> Row:
+    """A 512x384 picture (a Mandelbrot render: a PNG that compresses as photos do, so
+    the data URI is photo-sized): segmentation at a short side of 400, EdgeConnect at
+    256x256, a 256x256 PNG out."""
+    ref = "sujaykhandekar/object-removal"
+    data = png_bytes(Image.effect_mandelbrot((512, 384), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB"))
+    objects = "person,car"
     uri = "data:image/png;base64," + base64.b64encode(data).decode()
-    runner = bench.server.container.provider.runner(spec)
-    fetcher = bench.server.container.provider.env().fetcher
-    image = FetchedFile("image", data, "image/png", fetcher.max_pixels)
-    width, height = bench.size
-    return [
-        bench.compare(
-            spec.ref,
-            f"{width}x{height}",
-            lambda: bench.predict(spec.version, {"image": uri}),
-            lambda: bench.direct(lambda: runner.run({"image": image}, _Context())),
-        )
-    ]
+    fetched = FetchedFile("image_path", data, "image/png")
+    return bench.compare(
+        ref,
+        lambda: bench.predict(ref, {"image_path": uri, "objects_to_remove": objects}),
+        lambda: bench.direct(ref, {"image_path": fetched, "objects_to_remove": objects}),
+    )
 
 
-BENCHES: list[Callable[[Bench], list[Row]]] = [bench_rembg]
+def bench_rembg(bench: Bench) -> Row:
+    """A 640x480 picture (a Mandelbrot render, photo-sized as a PNG): U²-Net at 320x320 on
+    onnxruntime through rembg, an RGBA PNG of the input's size out."""
+    ref = "cjwbw/rembg"
+    data = png_bytes(Image.effect_mandelbrot((640, 480), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB"))
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    fetched = FetchedFile("image", data, "image/png")
+    return bench.compare(
+        ref,
+        lambda: bench.predict(ref, {"image": uri}),
+        lambda: bench.direct(ref, {"image": fetched}),
+    )
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, _, height = text.partition("x")
-    return int(width), int(height or width)
+BENCHES: list[Callable[[Bench], Row]] = [bench_object_removal, bench_rembg]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--size", type=_size, default=(640, 480), help="WxH of the input")
-    parser.add_argument("--weights", type=Path, help="weights dir (default: tiny, built now)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = args.weights
-        if weights is None:
-            from repligate.testing.tiny_weights import build_all
-
-            weights = Path(tmp, "weights")
-            build_all(weights)
-        settings = Settings(data_dir=Path(tmp, "data"), weights_dir=weights, access_log=False)
-        with (
-            LiveServer(create_app(settings)) as server,
-            httpx.Client(
-                base_url=server.url,
-                headers={"Authorization": f"Bearer {server.make_token()}", "Prefer": "wait=60"},
-                timeout=120,
-            ) as http,
-            ThreadPoolExecutor(max_workers=1) as thread,
-        ):
-            bench = Bench(server, http, thread, args.rounds, args.size)
-            rows = [row for run in BENCHES for row in run(bench)]
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"\nmedian of {args.rounds} rounds; load average {load:.2f} on {os.cpu_count()} CPUs")
-    print(f"{'model':<34}{'case':<12}{'direct ms':>11}{'HTTP ms':>11}{'ratio':>8}")
-    for row in rows:
-        print(
-            f"{row.model:<34}{row.case:<12}{row.direct_s * 1000:>11.1f}"
-            f"{row.http_s * 1000:>11.1f}{row.ratio:>8.3f}"
-        )
+        weights = Path(tmp) / "weights"
+        for key in WEIGHTS:
+            BUILDERS[key](weights / key)
+            (weights / key / RANDOM_WEIGHTS_MARKER).write_text("tiny random weights\n")
+        settings = Settings(data_dir=Path(tmp) / "data", weights_dir=weights)
+        with LiveServer(create_app(settings)) as server:
+            bench = Bench(server, args.rounds)
+            rows = [run(bench) for run in BENCHES]
+    print(f"tiny random weights, CPU, median of {args.rounds} rounds (one warm-up dropped)")
+    print(f"{'model':<32} {'HTTP s':>9} {'direct s':>9} {'HTTP/direct':>12}")
+    for ref, over_http, directly in rows:
+        print(f"{ref:<32} {over_http:>9.3f} {directly:>9.3f} {over_http / directly:>12.2f}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main(sys.argv[1:]))

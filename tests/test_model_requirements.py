@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from repligate.models import all_models
-from repligate.models.spec import DIFFUSERS, ONNX
+from repligate.models.spec import DIFFUSERS
 from repligate.providers.local import LocalProvider
 from tests.api_helpers import finished
 from tests.conftest import FAST_SD_INPUT, SD_REF
@@ -45,14 +45,16 @@ def hide(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 def test_every_model_declares_its_requirements() -> None:
     for spec in MODELS.values():
         assert spec.requires.modules and spec.requires.install, spec.ref
-    assert {ref for ref, spec in MODELS.items() if spec.requires is ONNX} == {
-        "sujaykhandekar/object-removal",
-    }
     # rembg runs on the rembg library and onnxruntime alone: no torch.
     assert REMBG.requires.modules == ("rembg", "onnxruntime")
+    # object-removal's networks are plain torch; its edges come from scikit-image.
+    assert MODELS["sujaykhandekar/object-removal"].requires.modules == ("torch", "skimage")
     # Every other model with a runner today is a diffusers one.
-    others = [spec for spec in MODELS.values() if spec.runner and spec is not REMBG]
-    assert all(spec.requires is DIFFUSERS for spec in others)
+    assert all(
+        spec.requires is DIFFUSERS
+        for spec in MODELS.values()
+        if spec.runner and spec.ref not in ("sujaykhandekar/object-removal", "cjwbw/rembg")
+    )
 
 
 def test_without_torch_a_diffusers_model_is_refused_naming_what_to_install(
