@@ -43,7 +43,7 @@ from repligate.testing.live_server import LiveServer
 from repligate.testing.tiny_weights import BUILDERS
 
 # The tiny weights each model's bench needs (tiny_weights.BUILDERS keys).
-WEIGHTS = ["sujaykhandekar__object-removal"]
+WEIGHTS = ["sujaykhandekar__object-removal", "cjwbw__rembg"]
 
 Row = tuple[str, float, float]  # (model, HTTP median seconds, direct median seconds)
 
@@ -120,7 +120,21 @@ def bench_object_removal(bench: Bench) -> Row:
     )
 
 
-BENCHES: list[Callable[[Bench], Row]] = [bench_object_removal]
+def bench_rembg(bench: Bench) -> Row:
+    """A 640x480 picture (a Mandelbrot render, photo-sized as a PNG): U²-Net at 320x320 on
+    onnxruntime through rembg, an RGBA PNG of the input's size out."""
+    ref = "cjwbw/rembg"
+    data = png_bytes(Image.effect_mandelbrot((640, 480), (-2.0, -1.2, 1.0, 1.2), 64).convert("RGB"))
+    uri = "data:image/png;base64," + base64.b64encode(data).decode()
+    fetched = FetchedFile("image", data, "image/png")
+    return bench.compare(
+        ref,
+        lambda: bench.predict(ref, {"image": uri}),
+        lambda: bench.direct(ref, {"image": fetched}),
+    )
+
+
+BENCHES: list[Callable[[Bench], Row]] = [bench_object_removal, bench_rembg]
 
 
 def main(argv: list[str]) -> int:

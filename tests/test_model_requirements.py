@@ -3,7 +3,6 @@ for its own missing requirements, and the refusal names what to install."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.machinery
 import importlib.util
 from collections.abc import Callable
@@ -13,9 +12,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from repligate.models import all_models
-from repligate.models.spec import DIFFUSERS, ONNX
+from repligate.models.spec import DIFFUSERS
 from repligate.providers.local import LocalProvider
+from tests.api_helpers import finished
 from tests.conftest import FAST_SD_INPUT, SD_REF
+from tests.sd_family import data_uri, noise_image
 
 MODELS = {spec.ref: spec for spec in all_models()}
 REMBG = MODELS["cjwbw/rembg"]
@@ -44,16 +45,15 @@ def hide(monkeypatch: pytest.MonkeyPatch) -> Callable[..., None]:
 def test_every_model_declares_its_requirements() -> None:
     for spec in MODELS.values():
         assert spec.requires.modules and spec.requires.install, spec.ref
-    assert {ref for ref, spec in MODELS.items() if spec.requires is ONNX} == {
-        "cjwbw/rembg",
-    }
+    # rembg runs on the rembg library and onnxruntime alone: no torch.
+    assert REMBG.requires.modules == ("rembg", "onnxruntime")
     # object-removal's networks are plain torch; its edges come from scikit-image.
     assert MODELS["sujaykhandekar/object-removal"].requires.modules == ("torch", "skimage")
     # Every other model with a runner today is a diffusers one.
     assert all(
         spec.requires is DIFFUSERS
         for spec in MODELS.values()
-        if spec.runner and spec.ref != "sujaykhandekar/object-removal"
+        if spec.runner and spec.ref not in ("sujaykhandekar/object-removal", "cjwbw/rembg")
     )
 
 
@@ -76,36 +76,38 @@ def test_without_torch_a_diffusers_model_is_refused_naming_what_to_install(
     assert client.get("/v1/predictions", headers=auth).json()["results"] == []
 
 
-def test_without_torch_an_onnx_model_is_not_refused_for_torch(
+def test_without_torch_rembg_is_created_and_runs(
     client: TestClient, auth: dict[str, str], hide: Callable[..., None]
 ) -> None:
+    # find_spec says torch is missing: the runner env is built without it (CPU device,
+    # no torch thread count) and rembg needs none of it. (test_rembg_without_torch.py runs
+    # it in a process where importing torch fails.)
     hide("torch", "diffusers", "transformers")
     response = client.post(
         "/v1/predictions",
-        json={"version": REMBG.version, "input": {"image": "https://example.com/a.png"}},
-        headers=auth,
+        json={"version": REMBG.version, "input": {"image": data_uri(noise_image(24, 16))}},
+        headers={**auth, "Prefer": "wait"},
     )
-    # Refused only because rembg has no runner yet: nothing about torch or the local extra.
-    assert response.status_code == 422
-    detail = response.json()["detail"]
-    assert detail == (
-        "cjwbw/rembg is known to this server and its input is valid, but this server has no "
-        "runner for it yet."
-    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    if body["status"] not in ("succeeded", "failed"):
+        body = finished(client, body["urls"]["get"], auth)
+    assert body["status"] == "succeeded", body["error"]
+    assert body["output"].endswith("/out.png")
 
 
 def _never_built() -> Any:
     raise AssertionError("checking requirements must not build the runner env")
 
 
-def test_an_onnx_model_with_a_runner_needs_onnxruntime_only(hide: Callable[..., None]) -> None:
-    with_runner = dataclasses.replace(REMBG, runner=lambda env, spec: object())  # type: ignore[arg-type,return-value]
-    hide("torch", "diffusers", "transformers", found=("onnxruntime",))
-    assert LocalProvider(_never_built).unavailable(with_runner) is None
+def test_rembg_needs_rembg_and_onnxruntime_only(hide: Callable[..., None]) -> None:
+    hide("torch", "diffusers", "transformers", found=("rembg", "onnxruntime"))
+    assert LocalProvider(_never_built).unavailable(REMBG) is None
     hide("onnxruntime")
-    assert LocalProvider(_never_built).unavailable(with_runner) == (
-        "cjwbw/rembg runs locally with onnxruntime, and this install lacks onnxruntime: "
-        "pip install onnxruntime."
+    assert LocalProvider(_never_built).unavailable(REMBG) == (
+        "cjwbw/rembg runs locally with rembg, onnxruntime, and this install lacks "
+        "onnxruntime: install repligate with its `rembg` extra (pip install "
+        "'repligate[rembg]')."
     )
     # The diffusers models, by contrast, are refused for torch.
     hide("torch")

@@ -45,8 +45,10 @@ if TYPE_CHECKING:
 _SCHEMES = ("http", "https", "data")
 _SCHEME_REASON = "must be an http(s) URL or a data: URI"
 # Formats decoded from untrusted bytes. Not all Pillow knows: some plugins hand the data
-# to external programs (EPS runs Ghostscript) or are rarely exercised parsers.
-_IMAGE_FORMATS = ["PNG", "JPEG", "MPO", "GIF", "WEBP", "BMP", "TIFF"]
+# to external programs (EPS runs Ghostscript) or are rarely exercised parsers. No "MPO":
+# Pillow 13 opens MPO files through its JPEG plugin and knows no such name, and naming
+# it made every format listed after it fail to open (KeyError).
+_IMAGE_FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"]
 _CHUNK = 64 * 1024
 _USER_AGENT = "repligate (file input fetcher)"
 

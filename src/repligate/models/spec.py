@@ -31,8 +31,11 @@ _LOCAL_EXTRA = (
 DIFFUSERS = Requirements(("torch", "diffusers", "transformers"), _LOCAL_EXTRA)
 # FLUX LoRAs load through peft (diffusers' load_lora_weights).
 DIFFUSERS_WITH_PEFT = Requirements((*DIFFUSERS.modules, "peft"), _LOCAL_EXTRA)
-# ONNX models run on onnxruntime alone: no torch.
-ONNX = Requirements(("onnxruntime",), "pip install onnxruntime")
+# cjwbw/rembg: the rembg library on onnxruntime, no torch (the `rembg` extra).
+REMBG = Requirements(
+    ("rembg", "onnxruntime"),
+    "install repligate with its `rembg` extra (pip install 'repligate[rembg]')",
+)
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,16 @@ class DeviceChoice:
 
 
 def choose(requested: str | None = None) -> DeviceChoice:
-    import torch
+    """The requested device, else the best torch sees; without torch (an install for ONNX
+    models only) the CPU."""
+    import importlib.util
 
     name = requested
+    if name is None and importlib.util.find_spec("torch") is None:
+        name = "cpu"
     if name is None:
+        import torch
+
         if torch.cuda.is_available():
             name = "cuda"
         elif torch.backends.mps.is_available():
@@ -38,9 +44,9 @@ def memory_budget(choice: DeviceChoice) -> int:
     half the RAM on CPU."""
     import os
 
-    import torch
-
     if choice.name.startswith("cuda"):
+        import torch
+
         return int(torch.cuda.get_device_properties(torch.device(choice.name)).total_memory * 0.7)
     return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
 
@@ -49,8 +55,8 @@ def release_memory(choice: DeviceChoice) -> None:
     """After evicting pipelines: collect them now and give freed GPU memory back."""
     import gc
 
-    import torch
-
     gc.collect()
     if choice.name.startswith("cuda"):
+        import torch
+
         torch.cuda.empty_cache()

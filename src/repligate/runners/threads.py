@@ -19,6 +19,7 @@ to the calling thread's team, so ``apply`` is called on the thread that runs inf
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -173,11 +174,13 @@ class ThreadPolicy:
     @classmethod
     def for_device(cls, device: str, fixed: int | None, workers: int = 1) -> ThreadPolicy:
         """A fixed count where one is set; on CPU, else, the count follows the load. On a
-        GPU torch's CPU threads only feed the device, and torch's default stays."""
+        GPU torch's CPU threads only feed the device, and torch's default stays. Without
+        torch (an install for ONNX models only) there is no torch count to follow, and
+        ``share`` still gives each worker its part of the cores."""
         if fixed:
             return cls(fixed=fixed)
-        if device != "cpu":
-            return cls()
+        if device != "cpu" or importlib.util.find_spec("torch") is None:
+            return cls(workers=workers)
         import torch
 
         return cls(most=torch.get_num_threads(), load=CpuLoad().start(), workers=workers)
@@ -192,6 +195,16 @@ class ThreadPolicy:
             return most
         free = self.cores - math.floor(others + 1.0 - TAKEN_AT)
         return max(1, min(most, free // self.workers))
+
+    def share(self) -> int:
+        """Threads for an inference library whose count is set once, not per prediction
+        (an onnxruntime session): the fixed count, else this worker's equal part of the
+        cores, whatever the load now (a count chosen on a busy moment would stay too
+        small), at most ``most``."""
+        if self.fixed:
+            return self.fixed
+        share = max(1, self.cores // self.workers)
+        return min(share, self.most) if self.most else share
 
     def apply(self) -> int | None:
         """Set the chosen count for the calling thread (the one that runs inference)."""

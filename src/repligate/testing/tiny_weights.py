@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
-from repligate.testing import tiny_object_removal, tiny_safety, tiny_sdxl
+from repligate.testing import tiny_object_removal, tiny_rembg, tiny_safety, tiny_sdxl
 
 
 def clip_tokenizer() -> Any:
@@ -159,6 +159,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "safety-checker": tiny_safety.safety_checker,
     "stability-ai__sdxl": tiny_sdxl.sdxl,
     "sujaykhandekar__object-removal": tiny_object_removal.object_removal,
+    "cjwbw__rembg": tiny_rembg.u2net,
 }
 
 
