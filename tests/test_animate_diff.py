@@ -31,6 +31,13 @@ FAST = {"prompt": "a cat walking", "steps": 1, "seed": 7}
 TINY_SIDE = 64
 
 
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """One torch thread: the same seed gives the same frames whatever the machine's load,
+    and on a shared machine one thread never waits for a descheduled partner."""
+    return settings.model_copy(update={"torch_threads": 1})
+
+
 def video(client: TestClient, body: dict[str, Any]) -> bytes:
     assert body["status"] == "succeeded", body.get("error")
     assert isinstance(body["output"], str) and body["output"].endswith("/out.mp4")
@@ -95,6 +102,7 @@ def test_seed_motion_module_and_checkpoint_each_decide_the_video(
     loaded = [pipelines.get(key, lambda: pytest.fail("not cached")) for key in keys]
     assert len({id(pipe.text_encoder) for pipe in loaded}) == 1
     assert len({id(pipe.unet) for pipe in loaded}) == 2
+    assert "lucataco/animate-diff" in client.get("/health").json()["models_loaded"]
 
 
 def test_a_checkpoint_missing_from_the_weights_dir_fails_saying_where_to_get_it(
@@ -165,6 +173,7 @@ def test_the_official_client_runs_it_and_reads_the_progress(
         weights_dir=tiny_weights,
         log_flush_interval=0.0,
         public_base_url=None,
+        torch_threads=1,
     )
     with LiveServer(create_app(settings)) as live:
         token = live.make_token()
