@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
-from repligate.testing import tiny_object_removal, tiny_rembg, tiny_safety, tiny_sdxl
+from repligate.testing import (
+    tiny_animate_diff,
+    tiny_object_removal,
+    tiny_rembg,
+    tiny_safety,
+    tiny_sdxl,
+)
 
 
 def clip_tokenizer() -> Any:
@@ -160,6 +166,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "stability-ai__sdxl": tiny_sdxl.sdxl,
     "sujaykhandekar__object-removal": tiny_object_removal.object_removal,
     "cjwbw__rembg": tiny_rembg.u2net,
+    "lucataco__animate-diff": tiny_animate_diff.animate_diff,
 }
 
 
