@@ -16,7 +16,6 @@ new frames per pair, in time order, clipped to [0, 1] on the way out only.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,12 +84,6 @@ def load(root: Path | None, device: DeviceChoice) -> FilmNet:
             missing_message(root, f"loading {folder} failed ({type(exc).__name__}: {first})")
         ) from None
     return net.eval().to(device.name, dtype=device.dtype)
-
-
-def depth(interpolation_steps: int) -> int:
-    """The original's recursion depth for ``num_interpolation_steps``: S is rounded up to a
-    power of two, at least one level."""
-    return max(math.ceil(math.log2(interpolation_steps)), 1)
 
 
 class Interpolator:

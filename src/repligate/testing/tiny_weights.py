@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
-from repligate.testing import tiny_safety, tiny_sdxl
+from repligate.testing import tiny_animation, tiny_safety, tiny_sdxl
 
 
 def clip_tokenizer() -> Any:
@@ -158,6 +158,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     # Non-flagging; tests that need flags write their own (tiny_safety.safety_checker).
     "safety-checker": tiny_safety.safety_checker,
     "stability-ai__sdxl": tiny_sdxl.sdxl,
+    "andreasjansson__stable-diffusion-animation": tiny_animation.stable_diffusion_v1,
+    "film-net": tiny_animation.film_net,
 }
 
 
