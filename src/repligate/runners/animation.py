@@ -10,8 +10,8 @@ rebuilt on the pipeline's modules):
 4. in-betweens: latent mixes decoded by the VAE, or FILM on the decoded frames;
 5. gif_ping_pong, then GIF or MP4 at gif_frames_per_second.
 
-Frames go to the encoder as they are made (``video_frames`` is a generator the encoder
-pulls from): alive at any time are the shared latent, the previous and current key frame
+Frames go to the encoder as they are made (``video_frames`` is a generator, each frame
+handed to the streaming writer of ``storage/encode.py``): alive at any time are the shared latent, the previous and current key frame
 and FILM's recursion. gif_ping_pong's way back is read from a spool on disk.
 With ``intermediate_output`` each key frame appears in ``output`` (a PNG) as soon as it is
 made; the video is always the last item.
@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from repligate.events import Canceled, Log, Output, Progress
 from repligate.runners import animation_frames as plan
 from repligate.runners import film, safety, sampling, schedulers
-from repligate.runners.animation_video import encode_video
 from repligate.runners.base import RunContext
 from repligate.runners.stable_diffusion import StableDiffusionRunner, _thread_pipeline
 from repligate.storage import encode
@@ -56,6 +55,8 @@ class StableDiffusionAnimationRunner(StableDiffusionRunner):
         )
 
     def run(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
+        from PIL import Image
+
         # FILM first: a prediction that cannot finish fails before any work.
         net = self.film_net() if inputs["film_interpolation"] else None
         base = self.pipeline()
@@ -63,14 +64,20 @@ class StableDiffusionAnimationRunner(StableDiffusionRunner):
             ctx.emit(Log("Note: this server runs tiny random weights; outputs are noise."))
         seed = sampling.resolve_seed(inputs.get("seed"), ctx)
         animation = _Animation(self, _thread_pipeline(base), inputs, ctx, seed, net)
-        video = encode_video(
-            inputs["output_format"],
-            animation.video_frames(),
-            inputs["gif_frames_per_second"],
-            name=f"video.{inputs['output_format']}",
-        )
+        with _writer(inputs["output_format"], inputs["gif_frames_per_second"]) as writer:
+            for frame in animation.video_frames():
+                writer.add_frame(Image.fromarray(frame))
+            video = writer.finish(f"video.{inputs['output_format']}")
         ctx.emit(Output(video))
         return None
+
+
+def _writer(output_format: str, fps: int) -> encode.GifWriter | encode.Mp4Writer:
+    """The original's encoders: GIF frames of int(1000 / fps) ms looping forever; H.264
+    at crf 17 tuned for film."""
+    if output_format == "mp4":
+        return encode.Mp4Writer(fps, x264={"crf": "17", "tune": "film"})
+    return encode.GifWriter(fps)
 
 
 class _Animation:
