@@ -162,7 +162,9 @@ def test_output_grows_while_it_runs_and_a_cancel_keeps_the_key_frames(
         "num_interpolation_steps": 50,
         "intermediate_output": True,
     }
-    response = client.post("/v1/predictions", json={"version": VERSION, "input": slow}, headers=auth)
+    response = client.post(
+        "/v1/predictions", json={"version": VERSION, "input": slow}, headers=auth
+    )
     assert response.status_code == 201, response.text
     created = response.json()
     url = created["urls"]["get"]

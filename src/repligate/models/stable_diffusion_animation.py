@@ -12,9 +12,15 @@ def check_input(values: dict[str, Any]) -> list[InvalidField]:
     frame runs on its own: outside [0, 1] it would index the step list backwards."""
     strength = values["prompt_strength"]
     if strength < 0:
-        return [InvalidField("number_gte", "input.prompt_strength", "Must be greater than or equal to 0")]
+        return [
+            InvalidField(
+                "number_gte", "input.prompt_strength", "Must be greater than or equal to 0"
+            )
+        ]
     if strength > 1:
-        return [InvalidField("number_lte", "input.prompt_strength", "Must be less than or equal to 1")]
+        return [
+            InvalidField("number_lte", "input.prompt_strength", "Must be less than or equal to 1")
+        ]
     return []
 
 

@@ -10,9 +10,10 @@ rebuilt on the pipeline's modules):
 4. in-betweens: latent mixes decoded by the VAE, or FILM on the decoded frames;
 5. gif_ping_pong, then GIF or MP4 at gif_frames_per_second.
 
-Frames go to the encoder as they are made (``video_frames`` is a generator, each frame
-handed to the streaming writer of ``storage/encode.py``): alive at any time are the shared latent, the previous and current key frame
-and FILM's recursion. gif_ping_pong's way back is read from a spool on disk.
+Frames go to the encoder as they are made (``video_frames`` is a generator; each frame is
+handed to a streaming writer of ``storage/encode.py``): alive at any time are the shared
+latent, the previous and current key frame and FILM's recursion. gif_ping_pong's way back
+is read from a spool on disk.
 With ``intermediate_output`` each key frame appears in ``output`` (a PNG) as soon as it is
 made; the video is always the last item.
 """
@@ -139,7 +140,9 @@ class _Animation:
             shared = int(inputs["num_inference_steps"] * (1 - inputs["prompt_strength"]))
             latent = self._noise() * scheduler.init_noise_sigma
             self.ctx.emit(Log(f"Shared denoising: {shared} of {len(timesteps)} steps"))
-            latent = self._denoise(latent, plan.middle_embedding(conds), uncond, timesteps[:shared], scheduler)
+            latent = self._denoise(
+                latent, plan.middle_embedding(conds), uncond, timesteps[:shared], scheduler
+            )
 
             keys = plan.key_frames(len(texts), inputs["num_animation_frames"])
             steps = inputs["num_interpolation_steps"]

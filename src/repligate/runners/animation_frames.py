@@ -40,7 +40,7 @@ class KeyFrame:
 
 
 def key_frames(prompt_count: int, frames_per_pair: int) -> list[KeyFrame]:
-    planned = []
+    planned: list[KeyFrame] = []
     for pair in range(prompt_count - 1):
         for i in range(0 if pair == 0 else 1, frames_per_pair):
             planned.append(KeyFrame(len(planned), pair, i / (frames_per_pair - 1)))
@@ -99,7 +99,8 @@ class FrameSpool:
     in reverse for gif_ping_pong."""
 
     def __init__(self) -> None:
-        self._file = tempfile.TemporaryFile()
+        # Closed by close(): the spool lives across the generator that fills it.
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115
         self._shape: tuple[int, ...] | None = None
         self.count = 0
 

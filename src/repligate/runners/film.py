@@ -48,12 +48,13 @@ def missing_message(root: Path | None, why: str) -> str:
         if root is not None
         else f"$REPLIGATE_WEIGHTS_DIR/{DIR_NAME}/ (set REPLIGATE_WEIGHTS_DIR)"
     )
+    target = f"{root or '$REPLIGATE_WEIGHTS_DIR'}/{DIR_NAME}"
     return (
         f"film_interpolation needs the FILM frame interpolation network, and {why}. "
         f"Install its weights in {where}: download film_net_fp32.pt from "
         "https://github.com/dajes/frame-interpolation-pytorch/releases and run "
-        f"`python -m repligate.runners.film_convert film_net_fp32.pt {root or '$REPLIGATE_WEIGHTS_DIR'}"
-        f"/{DIR_NAME}` (see the README, 'FILM weights'). "
+        f"`python -m repligate.runners.film_convert film_net_fp32.pt {target}` "
+        "(see the README, 'FILM weights'). "
         "Or set film_interpolation to false: its in-betweens need no extra weights."
     )
 

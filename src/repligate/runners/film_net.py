@@ -135,7 +135,9 @@ class PyramidFlowEstimator(nn.Module):
         super().__init__()
         in_channels = config.filters << 1
         estimators = []
-        for i, (convs, filters) in enumerate(zip(config.flow_convs, config.flow_filters)):
+        for i, (convs, filters) in enumerate(
+            zip(config.flow_convs, config.flow_filters, strict=True)
+        ):
             estimators.append(FlowEstimator(in_channels, convs, filters))
             in_channels += config.filters << (i + 2)
         # The coarse levels share the last estimator; the finest levels have their own,
@@ -143,7 +145,9 @@ class PyramidFlowEstimator(nn.Module):
         self._predictor = estimators[-1]
         self._predictors = nn.ModuleList(estimators[:-1][::-1])
 
-    def forward(self, pyramid_a: list[torch.Tensor], pyramid_b: list[torch.Tensor]) -> list[torch.Tensor]:
+    def forward(
+        self, pyramid_a: list[torch.Tensor], pyramid_b: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
         levels = len(pyramid_a)
         special = len(self._predictors)
         flow = self._predictor(pyramid_a[-1], pyramid_b[-1])
@@ -191,6 +195,7 @@ class Fusion(nn.Module):
     def forward(self, pyramid: list[torch.Tensor]) -> torch.Tensor:
         net = pyramid[-1]
         for k, layers in enumerate(self.convs):
+            assert isinstance(layers, nn.ModuleList)
             level = pyramid[len(self.convs) - 1 - k]
             net = F.interpolate(net, size=level.shape[2:4], mode="nearest")
             net = layers[0](net)
@@ -220,15 +225,15 @@ class FilmNet(nn.Module):
         forward_flow = [flow * (1 - time) for flow in forward_flow]
         warped_0 = [
             warp(torch.cat([image, feature], dim=1), flow)
-            for image, feature, flow in zip(images[0], features[0], backward_flow)
+            for image, feature, flow in zip(images[0], features[0], backward_flow, strict=False)
         ]
         warped_1 = [
             warp(torch.cat([image, feature], dim=1), flow)
-            for image, feature, flow in zip(images[1], features[1], forward_flow)
+            for image, feature, flow in zip(images[1], features[1], forward_flow, strict=False)
         ]
         aligned = [
             torch.cat(parts, dim=1)
-            for parts in zip(warped_0, warped_1, backward_flow, forward_flow)
+            for parts in zip(warped_0, warped_1, backward_flow, forward_flow, strict=True)
         ]
         return self.fuse(aligned)
 

@@ -64,4 +64,6 @@ def film_net(target: Path, seed: int = 30) -> None:
     target.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.contiguous() for name, tensor in net.state_dict().items()}
     save_file(state, target / WEIGHTS_FILE)
-    (target / CONFIG_FILE).write_text(json.dumps(FilmConfig(**TINY_FILM).to_dict(), indent=2) + "\n")
+    (target / CONFIG_FILE).write_text(
+        json.dumps(FilmConfig(**TINY_FILM).to_dict(), indent=2) + "\n"
+    )
