@@ -8,6 +8,7 @@ import io
 import av
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from repligate.storage import encode
@@ -103,3 +104,22 @@ def test_a_closed_mp4_writer_leaves_no_temporary_file() -> None:
     assert folder.exists()
     writer.close()
     assert not folder.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"), [("out.gif", "image/gif"), ("out.mp4", "video/mp4")]
+)
+def test_videos_are_served_with_their_content_type(
+    client: TestClient, name: str, content_type: str
+) -> None:
+    made = encode.video_writer(name.rsplit(".", 1)[1], 8)
+    for frame in frames(2):
+        made.add_frame(frame)
+    output = made.finish(name)
+    assert output.content_type == content_type
+    storage = client.app.state.container.storage  # type: ignore[attr-defined]
+    storage.put(f"predictions/p-video/{name}", output.data, output.content_type)
+    response = client.get(f"/files/predictions/p-video/{name}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == content_type
+    assert response.content == output.data

@@ -1,6 +1,7 @@
-"""lucataco/animate-diff: schema and input validation; no runner yet."""
+"""lucataco/animate-diff: AnimateDiff motion modules on personalised SD 1.5 checkpoints."""
 
 from repligate.models.spec import DIFFUSERS, ModelSpec
+from repligate.runners.animate_diff import AnimateDiffRunner
 
 MODEL = ModelSpec(
     owner="lucataco",
@@ -9,5 +10,6 @@ MODEL = ModelSpec(
     version_created_at="2023-09-24T00:00:00Z",
     description="Animate Your Personalized Text-to-Image Diffusion Models",
     requires=DIFFUSERS,
-    default_weights="runwayml/stable-diffusion-v1-5",
+    default_weights="stable-diffusion-v1-5/stable-diffusion-v1-5",
+    runner=AnimateDiffRunner,
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
-from repligate.testing import tiny_animation, tiny_safety, tiny_sdxl
+from repligate.testing import tiny_animate_diff, tiny_animation, tiny_safety, tiny_sdxl
 
 
 def clip_tokenizer() -> Any:
@@ -160,6 +160,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "stability-ai__sdxl": tiny_sdxl.sdxl,
     "andreasjansson__stable-diffusion-animation": tiny_animation.stable_diffusion_v1,
     "film-net": tiny_animation.film_net,
+    "lucataco__animate-diff": tiny_animate_diff.animate_diff,
 }
 
 
