@@ -79,7 +79,7 @@ def load(root: Path | None, device: DeviceChoice) -> FilmNet:
             config = FilmConfig(**fields)
         net = FilmNet(config)
         net.load_state_dict(load_file(folder / WEIGHTS_FILE), strict=True)
-    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # safetensors, torch and json each raise their own
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise FilmUnavailable(
             missing_message(root, f"loading {folder} failed ({type(exc).__name__}: {first})")

@@ -15,7 +15,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from repligate.runners.film_net import FilmConfig
 
 
 def read_state_dict(source: Path) -> dict[str, Any]:
@@ -30,14 +33,16 @@ def read_state_dict(source: Path) -> dict[str, Any]:
     return {name: tensor.float().contiguous() for name, tensor in state.items()}
 
 
-def convert(source: Path, target: Path) -> None:
+def convert(source: Path, target: Path, config: FilmConfig | None = None) -> None:
+    """``source`` as ``target/model.safetensors`` + ``config.json``; ``config`` is the
+    published Style model's unless told (tests convert a tiny one)."""
     from safetensors.torch import save_file
 
     from repligate.runners.film import CONFIG_FILE, WEIGHTS_FILE
     from repligate.runners.film_net import FilmConfig, FilmNet
 
     state = read_state_dict(source)
-    config = FilmConfig()
+    config = config or FilmConfig()
     FilmNet(config).load_state_dict(state, strict=True)
     target.mkdir(parents=True, exist_ok=True)
     save_file(state, target / WEIGHTS_FILE)
