@@ -59,7 +59,7 @@ def test_missing_or_broken_weights_say_what_to_install(tmp_path: Path) -> None:
     folder = tmp_path / film.DIR_NAME
     folder.mkdir()
     (folder / film.WEIGHTS_FILE).write_bytes(b"not safetensors")
-    with pytest.raises(film.FilmUnavailable, match="loading .* failed"):
+    with pytest.raises(film.FilmUnavailable, match=r"loading .* failed"):
         film.load(tmp_path, CPU)
 
 
@@ -76,7 +76,7 @@ def test_the_recursion_makes_2_to_the_depth_minus_1_frames(
     with torch.inference_mode():
         middle = tiny_net(a, b, 0.5).clamp(0, 1)
     assert torch.equal(frames[len(frames) // 2], middle)  # the first midpoint sits centred
-    assert all(0 <= float(f.min()) and float(f.max()) <= 1 for f in frames)
+    assert all(float(f.min()) >= 0 and float(f.max()) <= 1 for f in frames)
 
 
 def test_sides_that_are_not_multiples_of_64_are_padded_and_cropped_back(
