@@ -97,6 +97,10 @@ def test_key_frames_share_the_boundary_between_prompt_pairs() -> None:
 def test_ping_pong_appends_the_way_back_from_the_last_frame_to_frame_2() -> None:
     assert plan.ping_pong_tail(5) == [4, 3, 2]
     assert plan.ping_pong_tail(2) == []
+    assert plan.ping_pong_tail(1) == []
+    # One frame (2 key frames, 1 latent step) has no way back; 4 frames get 2 more.
+    assert plan.video_frame_count(2, 1, False, True) == 1
+    assert plan.video_frame_count(3, 2, False, True) == 6
     spool = plan.FrameSpool()
     frames = [np.full((2, 3, 3), i, dtype=np.uint8) for i in range(5)]
     for frame in frames:

@@ -120,8 +120,9 @@ class _Animation:
                 count += 1
                 yield frame
             if spool is not None:
-                yield from spool.read(plan.ping_pong_tail(count))
-                self.ctx.emit(Log(f"Video frames: {2 * count - 2}/{2 * count - 2}"))
+                tail = plan.ping_pong_tail(count)
+                yield from spool.read(tail)
+                self.ctx.emit(Log(f"Video frames: {count + len(tail)}/{count + len(tail)}"))
         finally:
             if spool is not None:
                 spool.close()

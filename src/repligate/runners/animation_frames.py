@@ -5,7 +5,7 @@ Frame counts (research/models-2.md §3), with F key frames and S = num_interpola
 - latent in-betweens (film_interpolation false): S frames per pair of key frames, the
   pair's first key frame included, the very last key frame never shown: (F - 1) * S;
 - FILM: 2^d - 1 frames between each pair, d = max(ceil(log2 S), 1): (F - 1) * 2^d + 1;
-- gif_ping_pong appends ``frames[-1:1:-1]``: n frames become 2n - 2.
+- gif_ping_pong appends ``frames[-1:1:-1]``: n frames become 2n - 2 (one stays one).
 
 Several prompts (``prompt_end`` split on ``|``): each consecutive pair of prompts makes
 ``num_animation_frames`` key frames at t = i / (N - 1); a pair's first key frame is the
@@ -60,7 +60,7 @@ def video_frame_count(
         count = (key_frame_count - 1) * 2 ** film_depth(interpolation_steps) + 1
     else:
         count = (key_frame_count - 1) * interpolation_steps
-    return 2 * count - 2 if ping_pong else count
+    return count + len(ping_pong_tail(count)) if ping_pong else count
 
 
 def ping_pong_tail(count: int) -> list[int]:
