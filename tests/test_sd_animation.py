@@ -18,10 +18,12 @@ from PIL import Image
 
 from repligate.runners import animation_frames as plan
 from repligate.runners.film import DIR_NAME as FILM_DIR
+from repligate.runners.safety import NSFW_ERROR
 from repligate.settings import Settings
+from repligate.testing import tiny_safety
 from tests.api_helpers import app_client, assert_problem, download, poll
 from tests.conftest import make_token
-from tests.sd_family import predict
+from tests.sd_family import predict, weights_with_checker
 from tests.video_helpers import gif_frames, gif_loop, mp4_frames
 
 VERSION = "ca1f5e306e5721e19c473e0d094e6603f0456fe759c10715fcd6c1b79242d4a5"
@@ -151,12 +153,12 @@ def test_output_grows_while_it_runs_and_a_cancel_keeps_the_key_frames(
 ) -> None:
     client, auth = served
     # Two key frames come quickly; then minutes of work (49 pairs of 49 in-betweens, each
-    # a 768 px VAE decode): a cancel that did not stop it would keep the worker from the
+    # a 512 px VAE decode): a cancel that did not stop it would keep the worker from the
     # run at the end, and the poll there would fail.
     slow = {
         **FAST,
-        "width": 768,
-        "height": 768,
+        "width": 512,
+        "height": 512,
         "num_inference_steps": 2,
         "num_animation_frames": 50,
         "num_interpolation_steps": 50,
@@ -183,7 +185,7 @@ def test_output_grows_while_it_runs_and_a_cancel_keeps_the_key_frames(
     assert names[:2] == ["key-frame-000.png", "key-frame-001.png"]
     assert all(name.startswith("key-frame-") for name in names)
     assert len(names) < 50
-    assert _png(client, after["output"][1]).size == (768, 768)
+    assert _png(client, after["output"][1]).size == (512, 512)
     # The worker is free again.
     assert len(_run(served)["output"]) == 1
 
@@ -243,3 +245,16 @@ def _png(client: TestClient, url: str) -> Any:
     picture = image(client, url)
     assert picture.format == "PNG"
     return picture.convert("RGB")
+
+
+def test_a_flagged_first_frame_fails_it_with_the_nsfw_error(
+    settings: Settings, tiny_weights: Path, tmp_path: Path
+) -> None:
+    tiny_safety.safety_checker(tmp_path / "checker", flag=True)
+    weights = weights_with_checker(tmp_path / "weights", tiny_weights, tmp_path / "checker")
+    with app_client(settings, weights_dir=weights) as client:
+        auth = {"Authorization": f"Bearer {make_token(client)}"}
+        flagged = predict(client, auth, VERSION, FAST)
+    assert flagged["status"] == "failed"
+    assert flagged["error"] == NSFW_ERROR
+    assert flagged["output"] is None
