@@ -17,7 +17,6 @@ from fastapi.testclient import TestClient
 
 from repligate.app import create_app
 from repligate.settings import Settings
-from repligate.testing import tiny_animate_diff
 from repligate.testing.live_server import LiveServer
 from tests.api_helpers import app_client, download, finished, poll
 from tests.conftest import make_token
@@ -29,6 +28,13 @@ REF = f"lucataco/animate-diff:{VERSION}"
 FAST = {"prompt": "a cat walking", "steps": 1, "seed": 7}
 # The tiny SD 1.5 UNet's sample_size (8) x the VAE's factor (8); real SD 1.5 says 64 x 8.
 TINY_SIDE = 64
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """One torch thread: the same seed gives the same frames whatever the machine's load,
+    and on a shared machine one thread never waits for a descheduled partner."""
+    return settings.model_copy(update={"torch_threads": 1})
 
 
 def video(client: TestClient, body: dict[str, Any]) -> bytes:
@@ -95,9 +101,10 @@ def test_seed_motion_module_and_checkpoint_each_decide_the_video(
     loaded = [pipelines.get(key, lambda: pytest.fail("not cached")) for key in keys]
     assert len({id(pipe.text_encoder) for pipe in loaded}) == 1
     assert len({id(pipe.unet) for pipe in loaded}) == 2
+    assert "lucataco/animate-diff" in client.get("/health").json()["models_loaded"]
 
 
-def test_a_checkpoint_missing_from_the_weights_dir_fails_saying_where_to_get_it(
+def test_a_missing_or_broken_checkpoint_fails_saying_what_to_do(
     settings: Settings, tiny_weights: Path, tmp_path: Path
 ) -> None:
     weights = tmp_path / "weights"
@@ -106,8 +113,10 @@ def test_a_checkpoint_missing_from_the_weights_dir_fails_saying_where_to_get_it(
     source = tiny_weights / "lucataco__animate-diff"
     for part in ("stable-diffusion-v1-5", "motion_modules"):
         (model / part).symlink_to(source / part, target_is_directory=True)
-    for name in tiny_animate_diff.CHECKPOINTS[1:]:
-        (model / "checkpoints" / name).symlink_to(source / "checkpoints" / name)
+    (model / "checkpoints" / "lyriel_v16.safetensors").symlink_to(
+        source / "checkpoints" / "lyriel_v16.safetensors"
+    )
+    (model / "checkpoints" / "rcnzCartoon3d_v10.safetensors").write_bytes(b"<html>login</html>")
     with app_client(settings, weights_dir=weights) as client:
         auth = {"Authorization": f"Bearer {make_token(client)}"}
         body = predict(client, auth, REF, FAST)  # toonyou_beta3 is the default path
@@ -115,6 +124,9 @@ def test_a_checkpoint_missing_from_the_weights_dir_fails_saying_where_to_get_it(
         assert "toonyou_beta3.safetensors" in body["error"]
         assert "civitai model version 78775" in body["error"]
         assert str(model / "checkpoints") in body["error"]
+        broken = predict(client, auth, REF, {**FAST, "path": "rcnzCartoon3d_v10.safetensors"})
+        assert broken["status"] == "failed"
+        assert "rcnzCartoon3d_v10.safetensors is not a readable safetensors file" in broken["error"]
         present = predict(client, auth, REF, {**FAST, "path": "lyriel_v16.safetensors"})
         assert present["status"] == "succeeded", present["error"]
 
@@ -165,6 +177,7 @@ def test_the_official_client_runs_it_and_reads_the_progress(
         weights_dir=tiny_weights,
         log_flush_interval=0.0,
         public_base_url=None,
+        torch_threads=1,
     )
     with LiveServer(create_app(settings)) as live:
         token = live.make_token()

@@ -65,7 +65,14 @@ class LocalProvider:
         """Models whose pipelines are in memory now."""
         if self._env is None:
             return []
-        return [ref for ref in self._refs if self._refs[ref] in self._env.pipelines]
+        held = self._env.pipelines.keys()
+        # A model may cache several pipelines under "<key>/..." (animate-diff: one per
+        # motion module and checkpoint).
+        return [
+            ref
+            for ref, key in self._refs.items()
+            if any(k == key or k.startswith(key + "/") for k in held)
+        ]
 
     def run(self, spec: ModelSpec, inputs: dict[str, Any], ctx: RunContext) -> Any:
         return self.runner(spec).run(inputs, ctx)

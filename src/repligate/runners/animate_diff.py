@@ -132,26 +132,29 @@ class AnimateDiffRunner:
         def from_checkpoint(model_class: Any, subfolder: str) -> Any:
             return model_class.from_single_file(file, config=base, subfolder=subfolder, dtype=dtype)
 
+        with self._failure(personalised, file, None):
+            has_vae = _has_vae(file)  # also says plainly when the file is no checkpoint
+            unet = from_checkpoint(diffusers.UNet2DConditionModel, "unet")
+            vae = from_checkpoint(diffusers.AutoencoderKL, "vae") if has_vae else None
         with self._failure(sd15, base, base_repo):
             # One text encoder for every (motion module, checkpoint) while any is alive.
             encoder = self.env.modules.load(f"{base}#text_encoder", CLIPTextModel, text_encoder)
             tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer")
-            if not _has_vae(file):  # a checkpoint without a VAE decodes with SD 1.5's
+            if vae is None:  # a checkpoint without a VAE decodes with SD 1.5's
                 vae = diffusers.AutoencoderKL.from_pretrained(base, subfolder="vae", dtype=dtype)
         with self._failure(f"The motion module {motion_module}", adapter_dir, adapter_repo):
             adapter = diffusers.MotionAdapter.from_pretrained(adapter_dir, dtype=dtype)
-        with self._failure(personalised, file, None):
-            unet = from_checkpoint(diffusers.UNet2DConditionModel, "unet")
-            if _has_vae(file):
-                vae = from_checkpoint(diffusers.AutoencoderKL, "vae")
         pipe: Any = diffusers.AnimateDiffPipeline(
             vae=vae,
             text_encoder=encoder,
             tokenizer=tokenizer,
-            unet=unet,  # becomes a UNetMotionModel holding the adapter's motion modules
+            unet=unet,  # becomes a UNetMotionModel with a copy of the adapter's modules
             motion_adapter=adapter,
             scheduler=original_scheduler(),
         )
+        # The UNet holds its own copy of the motion modules: not keeping the adapter as
+        # well saves its size (about 0.9 GB in fp16) per cached pipeline.
+        pipe.register_modules(motion_adapter=None)
         return pipe.to(self.env.device.name)
 
     @contextlib.contextmanager
@@ -222,10 +225,14 @@ def _decode(pipe: Any, latents: Any, index: int) -> Any:
 
 
 def _has_vae(file: str) -> bool:
+    """Whether a checkpoint holds VAE weights (some are published without)."""
     from safetensors import safe_open
 
-    with safe_open(file, framework="pt") as opened:
-        keys: list[str] = opened.keys()
+    try:
+        with safe_open(file, framework="pt") as opened:
+            keys: list[str] = opened.keys()
+    except Exception as exc:  # safetensors' own error type is no OSError
+        raise ValueError(f"{Path(file).name} is not a readable safetensors file: {exc}") from exc
     return any(key.startswith(_VAE_PREFIXES) for key in keys)
 
 

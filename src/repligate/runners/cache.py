@@ -121,3 +121,8 @@ class PipelineCache:
     def __contains__(self, key: str) -> bool:
         with self._lock:
             return key in self._entries
+
+    def keys(self) -> list[str]:
+        """The keys held now, least recently used first."""
+        with self._lock:
+            return list(self._entries)
