@@ -19,6 +19,7 @@ from typing import Any
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
 from repligate.testing import (
     tiny_animate_diff,
+    tiny_animation,
     tiny_object_removal,
     tiny_rembg,
     tiny_safety,
@@ -166,6 +167,8 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "stability-ai__sdxl": tiny_sdxl.sdxl,
     "sujaykhandekar__object-removal": tiny_object_removal.object_removal,
     "cjwbw__rembg": tiny_rembg.u2net,
+    "andreasjansson__stable-diffusion-animation": tiny_animation.stable_diffusion_v1,
+    "film-net": tiny_animation.film_net,
     "lucataco__animate-diff": tiny_animate_diff.animate_diff,
 }
 
