@@ -15,3 +15,20 @@ def png(image: Image, name: str, compress_level: int = 4) -> OutputFile:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level)
     return OutputFile(name=name, data=buffer.getvalue(), content_type="image/png")
+
+
+def webp(image: Image, name: str, quality: int = 80) -> OutputFile:
+    """Lossy WebP at ``quality`` (0-100), as the Flux originals save it (PIL's
+    ``quality=..., optimize=True``; WebP has no optimize pass, ``method`` 4 is PIL's
+    default effort)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=quality, method=4)
+    return OutputFile(name=name, data=buffer.getvalue(), content_type="image/webp")
+
+
+def jpeg(image: Image, name: str, quality: int = 80) -> OutputFile:
+    """Baseline JPEG at ``quality`` (0-100), with optimised Huffman tables as the Flux
+    originals save it. Images with alpha are flattened to RGB (JPEG has no alpha)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    return OutputFile(name=name, data=buffer.getvalue(), content_type="image/jpeg")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
-from repligate.testing import tiny_safety, tiny_sdxl
+from repligate.testing import tiny_flux, tiny_safety, tiny_sdxl
 
 
 def clip_tokenizer() -> Any:
@@ -158,6 +158,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     # Non-flagging; tests that need flags write their own (tiny_safety.safety_checker).
     "safety-checker": tiny_safety.safety_checker,
     "stability-ai__sdxl": tiny_sdxl.sdxl,
+    **tiny_flux.BUILDERS,
 }
 
 
