@@ -61,7 +61,7 @@ def flux_settings(settings: Settings, files: FileServer) -> Settings:
     return settings.model_copy(
         update={
             "fetch_allowed_networks": ["127.0.0.0/8"],
-            "hub_url": files.url,
+            "hub_url": files.url,  # it is the Hub too
             "png_compress_level": 1,
         }
     )
@@ -74,9 +74,11 @@ def flux(flux_settings: Settings) -> Iterator[tuple[TestClient, dict[str, str]]]
 
 
 def create(client: TestClient, auth: dict[str, str], ref: str, **changes: Any) -> Any:
+    """``name=None`` leaves that input out."""
+    inputs = {k: v for k, v in {**FAST, **changes}.items() if v is not None}
     return client.post(
         "/replicate/v1/predictions",
-        json={"version": ref, "input": {**FAST, **changes}},
+        json={"version": ref, "input": inputs},
         headers={**auth, "Prefer": "respond-async"},
     )
 
@@ -122,21 +124,18 @@ def test_seed_is_logged_repeats_and_num_outputs_is_one_batch(
     seed = int(match.group(1))
     first, second = pictures(client, auth, DEV, seed=seed, num_outputs=2)
     (again,) = pictures(client, auth, DEV, seed=seed)
-    (other,) = pictures(client, auth, DEV, seed=seed + 1)
     # One generator over one batch: its first image is the single image of that seed.
     assert np.array_equal(first, again)
     assert differ(first, second)
-    assert differ(first, other)
+    # guidance_scale reaches dev's guidance embedding.
+    (guided,) = pictures(client, auth, DEV, seed=seed, guidance_scale=10.0)
+    assert differ(guided, again)
     drawn_image = np.asarray(Image.open(io.BytesIO(download(client, drawn["output"][0]))))
     assert np.array_equal(drawn_image, again)
 
 
-def test_guidance_scale_applies_to_dev_only(flux: tuple[TestClient, dict[str, str]]) -> None:
-    client, auth = flux
-    (low,) = pictures(client, auth, DEV, guidance_scale=0.0)
-    (high,) = pictures(client, auth, DEV, guidance_scale=10.0)
-    assert differ(low, high)
-    # schnell's schema has no guidance_scale: it is refused, not silently used.
+def test_schnell_has_no_guidance_scale(client: TestClient, auth: dict[str, str]) -> None:
+    # Fixed at 0 in schnell's original: its schema refuses the input, nothing is ignored.
     problem = assert_problem(create(client, auth, SCHNELL, guidance_scale=3.0), 422)
     assert "guidance_scale" in problem["detail"]
 
@@ -169,9 +168,8 @@ def test_output_formats_decode_and_quality_changes_the_size(
         ("jpg", "JPEG", "image/jpeg"),
         ("png", "PNG", "image/png"),
     ):
-        for quality in (5, 95):
-            if output_format == "png" and quality == 95:
-                continue
+        # png ignores output_quality (as the originals)
+        for quality in (5, 95) if output_format != "png" else (5,):
             body = predict(
                 client, auth, SCHNELL, output_format=output_format, output_quality=quality
             )
@@ -198,11 +196,9 @@ def test_a_lora_changes_the_image_and_never_leaks_into_other_predictions(
     (with_b,) = pictures(client, auth, DEV, hf_lora=url_b, lora_scale=1.0)
     (scale_0,) = pictures(client, auth, DEV, hf_lora=url_a, lora_scale=0.0)
     (empty,) = pictures(client, auth, DEV, hf_lora="")
-    (a_again,) = pictures(client, auth, DEV, hf_lora=url_a, lora_scale=1.0)
     assert differ(with_a, base) and differ(with_b, base) and differ(with_a, with_b)
     for plain in (after_a, scale_0, empty):
         assert np.array_equal(plain, base)
-    assert np.array_equal(a_again, with_a)
     # Downloaded once, then served from the cache.
     assert files.requests["/loras/a.safetensors"] == 1
 
@@ -271,7 +267,6 @@ def test_loras_that_cannot_be_used_fail_clearly(
     assert "hf_lora" in garbage["error"] and "safetensors" in garbage["error"]
     no_repo = predict(client, auth, SCHNELL, hf_lora="someone/unknown")
     assert no_repo["status"] == "failed" and "someone/unknown" in no_repo["error"]
-    assert predict(client, auth, SCHNELL)["status"] == "succeeded"
 
 
 def test_a_lora_on_a_private_address_is_refused_by_default(
@@ -318,11 +313,9 @@ def test_flagged_images_fail_the_prediction_unless_the_checker_is_disabled(
     with app_client(flux_settings, weights_dir=weights) as client:
         auth = {"Authorization": f"Bearer {make_token(client)}"}
         flagged = predict(client, auth, SCHNELL, num_outputs=2, output_format="jpg")
-        bypassed = predict(
-            client, auth, SCHNELL, num_outputs=2, output_format="jpg", disable_safety_checker=True
-        )
+        bypassed = predict(client, auth, SCHNELL, output_format="jpg", disable_safety_checker=True)
     assert flagged["status"] == "failed"
     assert flagged["error"] == NSFW_ERROR
     assert "NSFW content detected in image 1" in flagged["logs"]
     assert bypassed["status"] == "succeeded"
-    assert [url.rsplit("/", 1)[-1] for url in bypassed["output"]] == ["out-0.jpg", "out-1.jpg"]
+    assert [url.rsplit("/", 1)[-1] for url in bypassed["output"]] == ["out-0.jpg"]

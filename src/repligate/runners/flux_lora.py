@@ -79,17 +79,12 @@ def parse(value: str, hub_url: str = "https://huggingface.co") -> LoraSource | N
     if path.lower().endswith(".tar"):
         return LoraSource(text, "training-tar", text)
     hub = urlsplit(hub_url)
-    if host in _HUB_HOSTS or (host, parts.port) == (hub.hostname, hub.port):
-        segments = [s for s in path.split("/") if s]
-        if len(segments) >= 5 and segments[2] in ("resolve", "blob"):
-            owner, repo, _, revision, *file = segments
-            url = f"{hub_url.rstrip('/')}/{owner}/{repo}/resolve/{revision}/{'/'.join(file)}"
-            return LoraSource(text, "file", url)
-        raise LoraError(
-            f"{FIELD}: {value!r} is a Hugging Face URL but not of a file; give a file URL "
-            "such as https://huggingface.co/<owner>/<repo>/resolve/main/<file>.safetensors, "
-            "or the repo id <owner>/<repo>"
-        )
+    segments = [s for s in path.split("/") if s]
+    on_hub = host in _HUB_HOSTS or (host, parts.port) == (hub.hostname, hub.port)
+    if on_hub and len(segments) >= 5 and segments[2] in ("resolve", "blob"):
+        owner, repo, _, revision, *file = segments
+        url = f"{hub_url.rstrip('/')}/{owner}/{repo}/resolve/{revision}/{'/'.join(file)}"
+        return LoraSource(text, "file", url)
     if host in _CIVITAI_HOSTS and path.startswith("/api/download/models/"):
         return LoraSource(text, "file", text)
     if path.lower().endswith(".safetensors"):
