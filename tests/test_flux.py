@@ -21,17 +21,21 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from repligate.app import create_app
 from repligate.runners.flux import ASPECT_RATIOS
 from repligate.runners.flux_lora import LoraError, parse
 from repligate.runners.safety import NSFW_ERROR
 from repligate.settings import Settings
 from repligate.testing import tiny_flux, tiny_safety
 from repligate.testing.file_server import HUB_REVISION, FileServer
+from repligate.testing.live_server import LiveServer
 from tests.api_helpers import app_client, assert_problem, download, finished
 from tests.conftest import make_token
 from tests.sd_family import data_uri, noise_image, weights_with_checker
 
-SCHNELL = "lucataco/flux-schnell-lora:2a6b576af31790b470f0a8442e1e9791213fa13799cbb65a9fc1436e96389574"
+SCHNELL = (
+    "lucataco/flux-schnell-lora:2a6b576af31790b470f0a8442e1e9791213fa13799cbb65a9fc1436e96389574"
+)
 DEV = "lucataco/flux-dev-lora:091495765fa5ef2725a175a57b276ec30dc9d39c22d30410f2ede68a3eab66b3"
 FAST: dict[str, Any] = {
     "prompt": "a red fox",
@@ -95,7 +99,9 @@ def predict(client: TestClient, auth: dict[str, str], ref: str, **changes: Any) 
 def pictures(client: TestClient, auth: dict[str, str], ref: str, **changes: Any) -> list[Any]:
     body = predict(client, auth, ref, **changes)
     assert body["status"] == "succeeded", body["error"]
-    return [np.asarray(Image.open(io.BytesIO(download(client, u))), np.int16) for u in body["output"]]
+    return [
+        np.asarray(Image.open(io.BytesIO(download(client, u))), np.int16) for u in body["output"]
+    ]
 
 
 def differ(a: np.ndarray, b: np.ndarray) -> bool:
@@ -319,3 +325,33 @@ def test_flagged_images_fail_the_prediction_unless_the_checker_is_disabled(
     assert "NSFW content detected in image 1" in flagged["logs"]
     assert bypassed["status"] == "succeeded"
     assert [url.rsplit("/", 1)[-1] for url in bypassed["output"]] == ["out-0.jpg"]
+
+
+@pytest.mark.parametrize("ref", [SCHNELL, DEV.split(":")[0]], ids=["schnell-version", "dev-model"])
+def test_the_official_client_runs_both_models(
+    flux_settings: Settings, files: FileServer, ref: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+    import replicate
+
+    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    monkeypatch.delenv("REPLICATE_BASE_URL", raising=False)
+    with LiveServer(create_app(flux_settings)) as server:
+        token = server.make_token()
+        client = replicate.Client(api_token=token, base_url=server.url)
+        output = client.run(
+            ref,
+            input={
+                "prompt": "a red fox",
+                "num_inference_steps": 1,
+                "aspect_ratio": "21:9",
+                "hf_lora": f"{files.url}/loras/b.safetensors",
+            },
+        )
+        assert isinstance(output, list) and len(output) == 1
+        response = httpx.get(str(output[0]), headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/webp"  # the default output_format
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.format == "WEBP" and picture.size == (1536, 640)
