@@ -130,14 +130,15 @@ def test_seed_is_logged_repeats_and_num_outputs_is_one_batch(
     seed = int(match.group(1))
     first, second = pictures(client, auth, DEV, seed=seed, num_outputs=2)
     (again,) = pictures(client, auth, DEV, seed=seed)
-    # One generator over one batch: its first image is the single image of that seed.
-    assert np.array_equal(first, again)
+    # One generator over one batch: its first image is the single image of that seed (but
+    # for the last bits: a batch of two sums its floats in another order).
+    assert float(np.abs(first - again).mean()) < 0.1
     assert differ(first, second)
     # guidance_scale reaches dev's guidance embedding.
     (guided,) = pictures(client, auth, DEV, seed=seed, guidance_scale=10.0)
     assert differ(guided, again)
     drawn_image = np.asarray(Image.open(io.BytesIO(download(client, drawn["output"][0]))))
-    assert np.array_equal(drawn_image, again)
+    assert np.array_equal(drawn_image, again)  # the logged seed repeats the image exactly
 
 
 def test_schnell_has_no_guidance_scale(client: TestClient, auth: dict[str, str]) -> None:
@@ -355,3 +356,29 @@ def test_the_official_client_runs_both_models(
     assert response.headers["content-type"] == "image/webp"  # the default output_format
     picture = Image.open(io.BytesIO(response.content))
     assert picture.format == "WEBP" and picture.size == (1536, 640)
+
+
+def test_gated_flux_dev_says_which_token_to_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffusers
+
+    from repligate.app import runner_env_factory
+    from repligate.fetch import Fetcher
+    from repligate.models.flux_dev_lora import MODEL
+    from repligate.runners.weights import WeightsUnavailable
+
+    settings = Settings(data_dir=tmp_path / "data", weights_dir=tmp_path / "empty")
+    env = runner_env_factory(settings, Fetcher.from_settings(settings))
+    gated = type("GatedRepoError", (OSError,), {})
+
+    def refuse(source: str, **kwargs: Any) -> None:
+        raise gated(f"401 Client Error: access to {source} is restricted")
+
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", refuse)
+    assert MODEL.runner is not None
+    with pytest.raises(WeightsUnavailable) as caught:
+        MODEL.runner(env, MODEL).text_to_image()  # type: ignore[attr-defined]
+    assert "black-forest-labs/FLUX.1-dev is gated: accept its terms and set HF_TOKEN" in str(
+        caught.value
+    )

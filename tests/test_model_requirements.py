@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from repligate.models import all_models
-from repligate.models.spec import DIFFUSERS, ONNX
+from repligate.models.spec import DIFFUSERS, DIFFUSERS_WITH_PEFT, ONNX
 from repligate.providers.local import LocalProvider
 from tests.conftest import FAST_SD_INPUT, SD_REF
 
@@ -48,8 +48,9 @@ def test_every_model_declares_its_requirements() -> None:
         "cjwbw/rembg",
         "sujaykhandekar/object-removal",
     }
-    # Every model with a runner today is a diffusers one.
-    assert all(spec.requires is DIFFUSERS for spec in MODELS.values() if spec.runner)
+    # Every model with a runner today is a diffusers one (Flux's LoRAs also need peft).
+    diffusers = (DIFFUSERS, DIFFUSERS_WITH_PEFT)
+    assert all(spec.requires in diffusers for spec in MODELS.values() if spec.runner)
 
 
 def test_without_torch_a_diffusers_model_is_refused_naming_what_to_install(
