@@ -18,9 +18,7 @@ def png(image: Image, name: str, compress_level: int = 4) -> OutputFile:
 
 
 def webp(image: Image, name: str, quality: int = 80) -> OutputFile:
-    """Lossy WebP at ``quality`` (0-100), as the Flux originals save it (PIL's
-    ``quality=..., optimize=True``; WebP has no optimize pass, ``method`` 4 is PIL's
-    default effort)."""
+    """Lossy WebP at ``quality`` (0-100), as the Flux originals save their outputs."""
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=quality, method=4)
     return OutputFile(name=name, data=buffer.getvalue(), content_type="image/webp")
