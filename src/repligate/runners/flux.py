@@ -79,7 +79,7 @@ class FluxRunner:
 
         def load(source: str) -> Any:
             def from_pretrained() -> Any:
-                pipe = pipeline_class.from_pretrained(source, torch_dtype=self.dtype())
+                pipe = pipeline_class.from_pretrained(source, dtype=self.dtype())
                 return pipe.to(self.env.device.name)
 
             return self.env.modules.load(source, pipeline_class, from_pretrained)
