@@ -48,12 +48,26 @@ LORA_B = tiny_flux.lora_bytes(seed=2)
 REPO = "someone/fox-style"
 
 
+def _other_model_lora() -> bytes:
+    """Tensors in LoRA form for modules this transformer does not have."""
+    import torch
+    from safetensors.torch import save
+
+    return save(
+        {
+            "transformer.no_such_block.lora_A.weight": torch.ones(4, 32),
+            "transformer.no_such_block.lora_B.weight": torch.ones(32, 4),
+        }
+    )
+
+
 @pytest.fixture(scope="module")
 def files() -> Iterator[FileServer]:
     with FileServer() as server:
         server.files["/loras/a.safetensors"] = LORA_A
         server.files["/loras/b.safetensors"] = LORA_B
         server.files["/loras/not-a-lora.safetensors"] = b"these are not tensors"
+        server.files["/loras/other-model.safetensors"] = _other_model_lora()
         server.files["/pget/abc/def/trained_model.tar"] = tiny_flux.training_tar_bytes(seed=1)
         server.hub_repo(REPO, {"README.md": b"# style", "lora.safetensors": LORA_A})
         yield server
@@ -272,6 +286,9 @@ def test_loras_that_cannot_be_used_fail_clearly(
     garbage = predict(client, auth, SCHNELL, hf_lora=f"{files.url}/loras/not-a-lora.safetensors")
     assert garbage["status"] == "failed"
     assert "hf_lora" in garbage["error"] and "safetensors" in garbage["error"]
+    other = predict(client, auth, SCHNELL, hf_lora=f"{files.url}/loras/other-model.safetensors")
+    assert other["status"] == "failed"
+    assert other["error"].startswith("hf_lora: the file is not a Flux LoRA this model can load")
     no_repo = predict(client, auth, SCHNELL, hf_lora="someone/unknown")
     assert no_repo["status"] == "failed" and "someone/unknown" in no_repo["error"]
 
