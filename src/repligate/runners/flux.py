@@ -10,13 +10,16 @@ FluxImg2ImgPipeline built around them by runners/components.py). Every predictio
 own pipeline object with a fresh scheduler, since a scheduler keeps per-call state.
 
 ``hf_lora`` (runners/flux_lora.py) is loaded into the shared transformer for one call and
-unloaded after; such a call runs alone on the modules (``ModuleUse``), so no concurrent
-prediction sees it and the next one without a LoRA gets the base weights back exactly.
+unloaded after; such a call runs alone on the modules (``ModuleUse``, one per loaded
+transformer), so no concurrent prediction sees it and the next one without a LoRA gets the
+base weights back exactly.
 The originals instead kept the last LoRA loaded; the outputs are the same.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,6 +55,8 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
 IMG2IMG_MAX_SIDE = 1440
 IMG2IMG_MULTIPLE = 16
 _ADAPTER = "hf_lora"
+_uses: weakref.WeakKeyDictionary[Any, ModuleUse] = weakref.WeakKeyDictionary()
+_uses_lock = threading.Lock()
 
 
 class FluxRunner:
@@ -63,7 +68,6 @@ class FluxRunner:
     def __init__(self, env: RunnerEnv, spec: ModelSpec) -> None:
         self.env = env
         self.spec = spec
-        self._use = ModuleUse()
 
     # -- loading ---------------------------------------------------------------------
 
@@ -112,7 +116,8 @@ class FluxRunner:
             ctx.emit(Log("txt2img mode"))
         if lora is not None:
             call["joint_attention_kwargs"] = {"scale": inputs["lora_scale"]}
-        use = self._use.exclusive() if lora is not None else self._use.shared()
+        modules = _module_use(loaded.transformer)
+        use = modules.exclusive() if lora is not None else modules.shared()
         with use, ExitStack() as stack:
             if lora is not None:
                 stack.enter_context(_adapter(loaded, lora))
@@ -173,6 +178,16 @@ class FluxDevRunner(FluxRunner):
     embedding (not classifier-free guidance), 512 T5 tokens."""
 
     max_sequence_length = 512
+
+
+def _module_use(transformer: Any) -> ModuleUse:
+    """One lock per loaded transformer, whichever model or pipeline class uses it: two
+    models whose weights directories are one (runners/components.py) share it too."""
+    with _uses_lock:
+        use = _uses.get(transformer)
+        if use is None:
+            use = _uses[transformer] = ModuleUse()
+        return use
 
 
 @contextmanager
