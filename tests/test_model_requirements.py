@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from repligate.models import all_models
-from repligate.models.spec import DIFFUSERS
+from repligate.models.spec import DIFFUSERS, DIFFUSERS_WITH_PEFT
 from repligate.providers.local import LocalProvider
 from tests.api_helpers import finished
 from tests.conftest import FAST_SD_INPUT, SD_REF
@@ -49,9 +49,10 @@ def test_every_model_declares_its_requirements() -> None:
     assert REMBG.requires.modules == ("rembg", "onnxruntime")
     # object-removal's networks are plain torch; its edges come from scikit-image.
     assert MODELS["sujaykhandekar/object-removal"].requires.modules == ("torch", "skimage")
-    # Every other model with a runner today is a diffusers one.
+    # Every other model with a runner is a diffusers one (Flux's LoRAs also need peft).
+    diffusers = (DIFFUSERS, DIFFUSERS_WITH_PEFT)
     assert all(
-        spec.requires is DIFFUSERS
+        spec.requires in diffusers
         for spec in MODELS.values()
         if spec.runner and spec.ref not in ("sujaykhandekar/object-removal", "cjwbw/rembg")
     )

@@ -101,9 +101,9 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     from repligate.runners import device
     from repligate.runners.cache import PipelineCache
     from repligate.runners.safety import LazySafetyChecker
-    from repligate.runners.sdxl_weights import TrainedWeightsCache
     from repligate.runners.threads import ThreadPolicy
     from repligate.runners.weights import WeightsLocator
+    from repligate.runners.weights_cache import WeightsCache
 
     chosen = device.choose(settings.device)
     return RunnerEnv(
@@ -116,11 +116,12 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
         fetcher=fetcher,
         png_compress_level=settings.png_compress_level,
         safety=LazySafetyChecker(settings.weights_dir, chosen, enabled=settings.safety_checker),
-        trained_weights=TrainedWeightsCache(
+        weights_cache=WeightsCache(
             settings.data_dir / "trained-weights",
             max_bytes=settings.trained_weights_cache_bytes,
             max_download_bytes=settings.trained_weights_max_bytes,
         ),
+        hub_url=settings.hub_url,
         threads=ThreadPolicy.for_device(
             chosen.name, settings.torch_threads, workers=settings.concurrency_per_device
         ),

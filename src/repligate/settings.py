@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=64_000_000, ge=1)
     # The SD family's NSFW filter (runners/safety.py); false turns it off server-wide.
     safety_checker: bool = True
-    # Trained weights named by URL (SDXL's replicate_weights), cached under
+    # Hugging Face Hub base URL: Flux's hf_lora Hub forms download from it (as HF_ENDPOINT).
+    hub_url: str = Field(default="https://huggingface.co", pattern=r"^https?://[^/]+/?$")
+    # Weights named by URL (SDXL's replicate_weights, Flux's hf_lora), cached under
     # <data_dir>/trained-weights, least recently used first out past the cap.
     trained_weights_cache_bytes: int = Field(default=20 * 1024**3, ge=0)
     trained_weights_max_bytes: int = Field(

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from repligate.models.spec import ModelSpec
     from repligate.runners.cache import PipelineCache
     from repligate.runners.device import DeviceChoice
-    from repligate.runners.sdxl_weights import TrainedWeightsCache
     from repligate.runners.weights import WeightsLocator
+    from repligate.runners.weights_cache import WeightsCache
 
 
 class RunContext(Protocol):
@@ -52,8 +52,11 @@ class RunnerEnv:
     safety: LazySafetyChecker = field(default_factory=LazySafetyChecker.disabled)
     # Pipelines built from one weights source share their modules (runners/components.py).
     modules: SharedModules = field(default_factory=SharedModules)
-    # Downloaded trained weights (SDXL's replicate_weights); None: such inputs are refused.
-    trained_weights: TrainedWeightsCache | None = None
+    # Weights downloaded by URL (SDXL's replicate_weights, Flux's hf_lora), one disk cache
+    # for all models; None: such inputs are refused.
+    weights_cache: WeightsCache | None = None
+    # Where hf_lora's Hub forms (a repo id, a huggingface.co file URL) are downloaded from.
+    hub_url: str = "https://huggingface.co"
     # Torch's thread count on the inference thread (runners/threads.py); by default torch's.
     threads: ThreadPolicy = field(default_factory=ThreadPolicy)
 

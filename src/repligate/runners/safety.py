@@ -17,6 +17,8 @@ API for runners (SD, SD inpainting, SD img2img, SDXL)::
     kept = safety.drop_flagged(images, flags, ctx)  # [(index, image)] of the clean ones;
         # logs "NSFW content detected in image {i}" per flagged image and raises
         # NSFWContentDetected (the prediction fails with NSFW_ERROR) when none is left
+    kept = safety.kept_images(env.safety, images, ctx, disabled=...)  # the same, or all
+                                                  # when the input disables the checker
     images = safety.blacken_flagged(images, flags, ctx)  # flagged ones -> black images
     outputs = safety.png_outputs(kept, env.png_compress_level)  # out-{i}.png, gaps kept
 
@@ -187,6 +189,16 @@ def drop_flagged(
     if not kept:
         raise NSFWContentDetected()
     return kept
+
+
+def kept_images(
+    checker: LazySafetyChecker, images: Sequence[Image], ctx: RunContext, *, disabled: bool
+) -> list[tuple[int, Image]]:
+    """What the models that drop flagged images share: every image when the prediction
+    disabled the checker, else the clean ones (see ``drop_flagged``)."""
+    if disabled:
+        return list(enumerate(images))
+    return drop_flagged(images, checker.flags(images), ctx)
 
 
 def blacken_flagged(

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repligate.errors import InvalidField
 from repligate.events import Canceled, Log, Progress
-from repligate.runners.base import RunContext
+from repligate.runners.base import RunContext, RunnerEnv
 from repligate.runners.threads import ThreadPolicy
+
+if TYPE_CHECKING:
+    from repligate.models.spec import ModelSpec
+
+RANDOM_WEIGHTS_NOTE = "Note: this server runs tiny random weights; outputs are noise."
+
+
+def start(env: RunnerEnv, spec: ModelSpec, seed: int | None, ctx: RunContext) -> int:
+    """What every diffusion prediction begins with: a note in its logs when the weights
+    are the tiny random ones, then its seed (drawn when absent), logged."""
+    if env.weights.is_random(spec):
+        ctx.emit(Log(RANDOM_WEIGHTS_NOTE))
+    return resolve_seed(seed, ctx)
 
 
 def resolve_seed(seed: int | None, ctx: RunContext) -> int:

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 from repligate.events import Log
 from repligate.runners import lora, safety, sampling, schedulers
 from repligate.runners.base import RunContext, RunnerEnv
-from repligate.runners.sdxl_weights import ModuleUse, TrainedWeights, TrainedWeightsError
+from repligate.runners.module_use import ModuleUse
+from repligate.runners.sdxl_weights import TrainedWeights, TrainedWeightsError, load_trained_weights
 from repligate.runners.weights import about_files
 
 if TYPE_CHECKING:
@@ -111,9 +112,7 @@ class StableDiffusionXLRunner:
 
     def run(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
         base = self.base()
-        if self.env.weights.is_random(self.spec):
-            ctx.emit(Log("Note: this server runs tiny random weights; outputs are noise."))
-        seed = sampling.resolve_seed(inputs.get("seed"), ctx)
+        seed = sampling.start(self.env, self.spec, inputs.get("seed"), ctx)
         refiner = None if inputs["refine"] == "no_refiner" else self.refiner(base)
         trained = self._trained_weights(inputs.get("replicate_weights"), ctx)
         use = self._use.exclusive() if trained is not None else self._use.shared()
@@ -122,19 +121,17 @@ class StableDiffusionXLRunner:
             if trained is not None:
                 components.update(self._apply(trained, base, restore))
             images = self._generate(base, refiner, components, trained, inputs, seed, ctx)
-        if inputs["disable_safety_checker"]:
-            kept = list(enumerate(images))
-        else:
-            kept = safety.drop_flagged(images, self.env.safety.flags(images), ctx)
+        disabled = inputs["disable_safety_checker"]
+        kept = safety.kept_images(self.env.safety, images, ctx, disabled=disabled)
         return safety.png_outputs(kept, self.env.png_compress_level)
 
     def _trained_weights(self, url: str | None, ctx: RunContext) -> TrainedWeights | None:
         if not url:
             return None
-        if self.env.trained_weights is None:
+        if self.env.weights_cache is None:
             raise TrainedWeightsError("replicate_weights: this server has no cache for them")
         ctx.emit(Log("Loading fine-tuned model"))
-        return self.env.trained_weights.load(url, self.env.fetcher)
+        return load_trained_weights(self.env.weights_cache, url, self.env.fetcher)
 
     def _apply(self, trained: TrainedWeights, base: Any, restore: ExitStack) -> dict[str, Any]:
         """The call's components that differ from the base's; ``restore`` undoes every

@@ -13,7 +13,6 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from repligate.events import Log
 from repligate.runners import safety, sampling, schedulers
 from repligate.runners.base import RunContext, RunnerEnv
 from repligate.storage import encode
@@ -69,9 +68,7 @@ class StableDiffusionRunner:
 
     def run(self, inputs: dict[str, Any], ctx: RunContext) -> Any:
         base = self.pipeline()
-        if self.env.weights.is_random(self.spec):
-            ctx.emit(Log("Note: this server runs tiny random weights; outputs are noise."))
-        seed = sampling.resolve_seed(inputs.get("seed"), ctx)
+        seed = sampling.start(self.env, self.spec, inputs.get("seed"), ctx)
         # This thread's pipeline object around the shared modules, with a scheduler (which
         # keeps per-call state) new for every prediction: none leaks into the next one.
         pipe = _thread_pipeline(base)
@@ -97,10 +94,8 @@ class StableDiffusionRunner:
         self, images: list[Image], inputs: dict[str, Any], ctx: RunContext
     ) -> list[OutputFile]:
         """Flagged images are left out (names keep gaps); all flagged fails."""
-        if inputs.get("disable_safety_checker"):
-            kept = list(enumerate(images))
-        else:
-            kept = safety.drop_flagged(images, self.env.safety.flags(images), ctx)
+        disabled = bool(inputs.get("disable_safety_checker"))
+        kept = safety.kept_images(self.env.safety, images, ctx, disabled=disabled)
         return safety.png_outputs(kept, self.env.png_compress_level)
 
 

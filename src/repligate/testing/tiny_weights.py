@@ -20,6 +20,7 @@ from repligate.runners.weights import RANDOM_WEIGHTS_MARKER
 from repligate.testing import (
     tiny_animate_diff,
     tiny_animation,
+    tiny_flux,
     tiny_object_removal,
     tiny_rembg,
     tiny_safety,
@@ -170,6 +171,7 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
     "andreasjansson__stable-diffusion-animation": tiny_animation.stable_diffusion_v1,
     "film-net": tiny_animation.film_net,
     "lucataco__animate-diff": tiny_animate_diff.animate_diff,
+    **tiny_flux.BUILDERS,
 }
 
 
