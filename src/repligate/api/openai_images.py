@@ -166,8 +166,36 @@ def _response_format(value: Any) -> str:
     return str(value)
 
 
+def _webhook(spec: ModelSpec, options: dict[str, Any]) -> tuple[str | None, list[str] | None]:
+    """The prediction's own ``webhook`` and ``webhook_events_filter``, taken from the
+    body (extra_body) unless the model has inputs of those names."""
+    properties = spec.schemas["Input"]["properties"]
+    webhook = None if "webhook" in properties else options.pop("webhook", None)
+    events = None
+    if "webhook_events_filter" not in properties:
+        events = options.pop("webhook_events_filter", None)
+    if isinstance(events, str):  # a multipart field: "start,completed"
+        events = [e.strip() for e in events.split(",") if e.strip()]
+    allowed = {"start", "output", "logs", "completed"}
+    if webhook is not None and not isinstance(webhook, str):
+        raise ImageRequestError("webhook must be a URL.", param="webhook")
+    if events is not None and (
+        not isinstance(events, list) or not set(events) <= allowed or not events
+    ):
+        raise ImageRequestError(
+            "webhook_events_filter takes start, output, logs and completed.",
+            param="webhook_events_filter",
+        )
+    return webhook, events
+
+
 async def _run(
-    request: Request, key: ApiKey, spec: ModelSpec, model_input: dict[str, Any], fmt: str
+    request: Request,
+    key: ApiKey,
+    spec: ModelSpec,
+    model_input: dict[str, Any],
+    fmt: str,
+    webhook: tuple[str | None, list[str] | None],
 ) -> JSONResponse:
     """Create the prediction, wait for its end, answer with its images."""
     wired = container(request)
@@ -178,6 +206,8 @@ async def _run(
         key,
         spec,
         model_input,
+        webhook=webhook[0],
+        webhook_events_filter=webhook[1],
         api_base_url=base + prefix,
         base_url=base,
         api_prefix=prefix,
@@ -232,9 +262,10 @@ async def create_image(request: Request) -> JSONResponse:
     options = dict(body)
     spec = _model(request, options.pop("model", None))
     fmt = _response_format(options.pop("response_format", None))
+    webhook = _webhook(spec, options)
     prompt, n, size = options.pop("prompt", None), options.pop("n", None), options.pop("size", None)
     model_input = generation_input(spec, prompt, n, size, options)
-    return await _run(request, key, spec, model_input, fmt)
+    return await _run(request, key, spec, model_input, fmt, webhook)
 
 
 @router.post("/images/edits")
@@ -242,7 +273,9 @@ async def edit_image(request: Request) -> JSONResponse:
     key = await _key(request)
     form = await _form(request)
     try:
-        fields = {name: value for name, value in form.items() if isinstance(value, str)}
+        fields: dict[str, Any] = {
+            name: value for name, value in form.items() if isinstance(value, str)
+        }
         image = await _file(form, "image", required=True)
         mask = await _file(form, "mask", required=False)
     finally:
@@ -251,6 +284,7 @@ async def edit_image(request: Request) -> JSONResponse:
     edit_model = container(request).settings.openai_edit_model
     spec = _model(request, fields.pop("model", None) or edit_model)
     fmt = _response_format(fields.pop("response_format", None))
+    webhook = _webhook(spec, fields)
     model_input = await in_thread(
         edit_input,
         spec,
@@ -261,7 +295,7 @@ async def edit_image(request: Request) -> JSONResponse:
         fields.pop("size", None),
         fields,
     )
-    return await _run(request, key, spec, model_input, fmt)
+    return await _run(request, key, spec, model_input, fmt, webhook)
 
 
 async def _form(request: Request) -> FormData:
