@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from openai.types import Image as OpenAIImage
+from openai.types import ImagesResponse
 from PIL import Image
 
 from repligate.app import create_app
@@ -52,6 +54,11 @@ def token(live: LiveServer) -> str:
 
 def client_for(live: LiveServer, token: str) -> openai.OpenAI:
     return openai.OpenAI(api_key=token, base_url=f"{live.url}/v1", max_retries=0, timeout=120)
+
+
+def images_of(result: ImagesResponse) -> list[OpenAIImage]:
+    assert result.data is not None
+    return result.data
 
 
 def png(data: bytes) -> Image.Image:
@@ -93,8 +100,8 @@ def test_generate_urls_of_the_asked_size_listed_as_a_prediction(
         size="128x64",
         extra_body=FAST,
     )
-    assert result.created > 0 and len(result.data) == 2
-    for item in result.data:
+    assert result.created > 0 and len(images_of(result)) == 2
+    for item in images_of(result):
         assert item.url is not None and item.b64_json is None
         assert fetch(item.url, token).size == (128, 64)
     assert result.usage is not None
@@ -112,7 +119,7 @@ def test_generate_urls_of_the_asked_size_listed_as_a_prediction(
         "num_outputs": 2,
         **FAST,
     }
-    assert [d["url"] for d in prediction["data"]] == [d.url for d in result.data]
+    assert [d["url"] for d in prediction["data"]] == [d.url for d in images_of(result)]
     assert httpx.get(prediction["urls"]["web"], timeout=30).status_code == 200
 
 
@@ -125,7 +132,7 @@ def test_b64_json_is_the_same_png_the_url_serves(live: LiveServer, token: str) -
         response_format="b64_json",
         extra_body=FAST,
     )
-    (item,) = result.data
+    (item,) = images_of(result)
     assert item.url is None and item.b64_json is not None
     decoded = png(base64.b64decode(item.b64_json))
     assert decoded.size == (64, 64)
@@ -184,7 +191,7 @@ def test_edit_sends_the_mask_in_replicates_convention(live: LiveServer, token: s
         prompt="a cat",
         extra_body=FAST,
     )
-    (item,) = result.data
+    (item,) = images_of(result)
     assert item.url is not None and fetch(item.url, token).size == (64, 64)
     (prediction,) = replicate_list(live, token)
     assert prediction["model"] == "stability-ai/stable-diffusion-inpainting"
@@ -212,8 +219,9 @@ def test_sdxl_edits_only_where_the_openai_mask_is_transparent(live: LiveServer, 
             response_format="b64_json",
             extra_body={**SDXL_FAST, "guidance_scale": guidance},
         )
-        assert result.data[0].b64_json is not None
-        return np.asarray(png(base64.b64decode(result.data[0].b64_json)), dtype=np.int16)
+        (item,) = images_of(result)
+        assert item.b64_json is not None
+        return np.asarray(png(base64.b64decode(item.b64_json)), dtype=np.int16)
 
     keep_all = Image.new("RGBA", (64, 64), (0, 0, 0, 255))
     edit_all = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
@@ -316,3 +324,10 @@ def test_openai_only_options_are_dropped_unless_the_model_has_them() -> None:
     assert mapped == {"prompt": "a fox"}
     with pytest.raises(ImageRequestError):
         generation_input(sd, "", None, None, {})
+
+
+def test_stream_is_refused_rather_than_answered_as_json() -> None:
+    sd = REGISTRY.model("stability-ai", "stable-diffusion")
+    with pytest.raises(ImageRequestError) as raised:
+        generation_input(sd, "a fox", None, None, {"stream": True})
+    assert raised.value.param == "stream"

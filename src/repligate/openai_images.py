@@ -201,6 +201,12 @@ def _model_input(
     if not isinstance(prompt, str) or not prompt.strip():
         raise ImageRequestError("prompt is required.", param="prompt", code="missing_required")
     properties = _properties(spec)
+    if extra.get("stream") not in (None, False, "false") and "stream" not in properties:
+        # The client would wait for server-sent events; say so rather than answer JSON.
+        raise ImageRequestError(
+            "stream is not supported here; the prediction's urls.stream streams its events.",
+            param="stream",
+        )
     inputs: dict[str, Any] = {}
     for name, value in extra.items():
         if name in OPENAI_ONLY_OPTIONS and name not in properties:
