@@ -24,7 +24,9 @@ from repligate.models import all_models
 from repligate.openai_images import ImageRequestError, generation_input, nearest_aspect_ratio
 from repligate.registry import Registry
 from repligate.settings import Settings
+from repligate.testing.fakes import ScriptedProvider
 from repligate.testing.live_server import LiveServer
+from tests.fake_app import fake_app
 from tests.webhook_receiver import webhook_receiver
 
 FAST = {"num_inference_steps": 2, "scheduler": "K_EULER", "seed": 11}
@@ -289,6 +291,28 @@ def test_a_failed_prediction_is_a_500_with_its_message(tmp_path: Path) -> None:
     assert prediction["status"] == "failed"
     assert "weights of stability-ai/stable-diffusion are not available" in prediction["error"]
     assert prediction["id"] in error["message"] and prediction["error"] in error["message"]
+
+
+def test_a_prediction_still_running_when_the_wait_ends_is_a_504_naming_it(
+    tmp_path: Path,
+) -> None:
+    # The queue never runs it (the test drives it, and does not): the wait runs out.
+    settings = Settings(data_dir=tmp_path / "data", openai_wait_seconds=1)
+    with fake_app(settings, ScriptedProvider()) as app:
+        client = openai.OpenAI(
+            api_key=app.auth["Authorization"].split()[1],
+            base_url="http://testserver/v1",
+            http_client=app.client,
+            max_retries=0,
+        )
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.images.generate(prompt="a fox", size="64x64")
+        assert raised.value.status_code == 504
+        error = _error(raised.value)
+        listed = app.client.get("/v1/predictions", headers=app.auth).json()["results"]
+    (prediction,) = listed
+    assert prediction["status"] == "starting"
+    assert error["code"] == "timeout" and prediction["id"] in error["message"]
 
 
 def test_an_edit_without_transparency_or_mask_is_refused(live: LiveServer, token: str) -> None:
