@@ -24,6 +24,7 @@ from repligate.api import (
     files,
     health,
     models,
+    openai_images,
     pages,
     predictions,
     relay_webhooks,
@@ -358,4 +359,5 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(pages.router)
     app.include_router(health.router)
     app.include_router(relay_webhooks.router)
+    app.include_router(openai_images.router, prefix="/v1")
     return app

@@ -175,6 +175,14 @@ class Settings(BaseSettings):
     # the secret is Replicate's (GET /v1/webhooks/default/secret, whsec_...).
     upstream_webhook_secret: SecretStr | None = None
 
+    # OpenAI's images API (api/openai_images.py): names the `model` field may use for a
+    # model (JSON, e.g. {"dall-e-3": "stability-ai/sdxl"}), the models used when a request
+    # names none, and how long a call waits for its prediction before answering 504.
+    openai_model_aliases: dict[str, str] = Field(default_factory=dict)
+    openai_default_model: str = "stability-ai/stable-diffusion"
+    openai_edit_model: str = "stability-ai/stable-diffusion-inpainting"
+    openai_wait_seconds: int = Field(default=300, ge=1, le=3600)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
