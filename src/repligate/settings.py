@@ -173,6 +173,17 @@ class Settings(BaseSettings):
     # the secret is Replicate's (GET /v1/webhooks/default/secret, whsec_...).
     upstream_webhook_secret: SecretStr | None = None
 
+    # GET /metrics (Prometheus): "open", "off" (404), or "token:SECRET" (a bearer token).
+    # With PROMETHEUS_MULTIPROC_DIR set, every API process's counts are added up.
+    metrics: str = "open"
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_mode(cls, value: str) -> str:
+        if value in ("open", "off") or (value.startswith("token:") and len(value) > 6):
+            return value
+        raise ValueError('REPLIGATE_METRICS is "open", "off" or "token:SECRET"')
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
