@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from repligate.events import FrameProgress, Log, Progress
+from repligate.records import RunProgress
+from repligate.relay.progress import upstream_progress
 from repligate.settings import Settings
 from repligate.testing.fakes import Gate, ScriptedProvider
 from tests.fake_app import ANIMATION, ANIMATION_INPUT, FakeApp, fake_app
@@ -127,3 +129,13 @@ def test_webhook_bodies_carry_progress(tmp_path: Path) -> None:
     assert bodies[0]["progress"] is None  # start: before the first step
     assert bodies[1]["progress"] == {"current": 1, "total": 3, "percentage": 33.3}
     assert bodies[2]["progress"] == {"current": 3, "total": 3, "percentage": 100.0}
+
+
+def test_a_relayed_prediction_takes_upstreams_progress_or_its_last_tqdm_line() -> None:
+    given = {"current": 3, "total": 8, "percentage": 37.5, "frame": {"current": 1, "total": 2}}
+    assert upstream_progress({"progress": given, "logs": ""}) == RunProgress(3, 8, 1, 2)
+    # Replicate sends only the lines: the last one counts, as the official client reads it.
+    logs = "Using seed: 1\n 20%|##        | 1/5 [00:01<00:04]\n 60%|######    | 3/5 [00:02<00:01]\n"
+    assert upstream_progress({"logs": logs}) == RunProgress(3, 5)
+    assert upstream_progress({"logs": "no bar here"}) is None
+    assert upstream_progress({"progress": {"current": "x"}, "logs": None}) is None
