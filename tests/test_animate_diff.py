@@ -67,6 +67,13 @@ def test_the_output_is_an_mp4_of_16_frames_that_plays_in_a_browser(
     assert "Using seed: 7" in logs
     assert "1/1" in logs  # the denoising steps, tqdm-style
     assert "frame 16/16 decoded" in logs
+    # Structured progress beside the log lines: the last step, and every frame decoded.
+    assert body["progress"] == {
+        "current": 1,
+        "total": 1,
+        "percentage": 100.0,
+        "frame": {"current": 16, "total": 16},
+    }
     # The prediction's page plays it.
     page = client.get(body["urls"]["web"])
     assert page.status_code == 200

@@ -18,6 +18,7 @@ import httpx
 import pytest
 import replicate
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
@@ -137,6 +138,16 @@ def test_the_seed_curl_is_answered_with_our_own_urls(relay: LiveServer, relay_to
     (item,) = body["data"]
     assert item["url"].startswith(relay.url) and body["output"] == [item["url"]]
     assert png_size(item["url"]) == (128, 128)
+    # Upstream's progress comes along; the relay's calls show in its metrics.
+    assert body["progress"] == {"current": 2, "total": 2, "percentage": 100.0}
+    metrics = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{relay.url}/metrics").text)
+        for sample in family.samples
+    }
+    created = (("method", "POST"), ("status", "201"))
+    assert metrics[("repligate_upstream_requests_total", created)] >= 1
+    assert metrics[("repligate_predictions_in_flight", (("provider", "replicate"),))] == 0
 
 
 def test_bad_input_is_refused_here_and_never_reaches_upstream(

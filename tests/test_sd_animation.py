@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from repligate.runners import animation_frames as plan
 from repligate.runners.film import DIR_NAME as FILM_DIR
@@ -104,6 +105,13 @@ def test_the_mp4_has_the_originals_frame_count_at_the_asked_size(
     assert [url.rsplit("/", 1)[-1] for url in body["output"]] == ["video.mp4"]
     decoded = mp4_frames(_video(served, body))
     assert len(decoded) == expected
+    # Structured progress counts the same frames, ping-pong included, and the last step.
+    assert body["progress"] == {
+        "current": 1,
+        "total": 1,
+        "percentage": 100.0,
+        "frame": {"current": expected, "total": expected},
+    }
     assert {frame.shape for frame in decoded} == {(128, width, 3)}
     if ping_pong:
         # The way back mirrors the way there (frames 0 and 1 are not repeated).
@@ -125,6 +133,24 @@ def test_a_gif_has_every_frame_for_1000_over_fps_ms_and_loops(
     assert [ms for _, ms in frames] == [330, 330]  # int(1000 / 3), in GIF's 10 ms units
     assert gif_loop(response.content) == 0
     assert frames[0][0].shape == (128, 128, 3)
+
+
+def test_metrics_show_the_pipeline_cache_and_the_runs(
+    served: tuple[TestClient, dict[str, str]],
+) -> None:
+    # Here rather than in test_metrics.py: this module's app has run real pipelines.
+    _run(served)
+    text = served[0].get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    # The SD pipeline (and the safety checker) loaded once each, whatever the runs.
+    assert 1 <= samples[("repligate_pipeline_loads_total", ())] <= 2
+    assert samples[("repligate_pipeline_cache_bytes", ())] > 0
+    succeeded = (("model", "andreasjansson/stable-diffusion-animation"), ("status", "succeeded"))
+    assert samples[("repligate_predictions_total", succeeded)] >= 1
 
 
 def test_intermediate_output_shows_key_frames_in_order_then_the_video(

@@ -31,6 +31,7 @@ from repligate.api import (
     uploads,
     web,
 )
+from repligate.api import metrics as metrics_api
 from repligate.api import streams as streams_api
 from repligate.api import webhooks as webhooks_api
 from repligate.api.limits import limit_reads
@@ -41,6 +42,7 @@ from repligate.execution import Executor
 from repligate.fetch import Fetcher
 from repligate.file_inputs import FileInputs
 from repligate.links import WebLinks, load_secret
+from repligate.metrics import Metrics
 from repligate.models import all_models
 from repligate.notify import CompletionNotifier
 from repligate.providers.base import Provider
@@ -96,9 +98,13 @@ class Container:
     # Where each model runs, and the relay to Replicate (None when no model is relayed).
     routes: RoutePlan | None = None
     relay: RelayScheduler | None = None
+    # Prometheus metrics (metrics.py), served at GET /metrics.
+    metrics: Metrics | None = None
 
 
-def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
+def runner_env_factory(
+    settings: Settings, fetcher: Fetcher, on_pipeline_load: Callable[[int], None] | None = None
+) -> RunnerEnv:
     from repligate.runners import device
     from repligate.runners.cache import PipelineCache
     from repligate.runners.safety import LazySafetyChecker
@@ -107,13 +113,15 @@ def runner_env_factory(settings: Settings, fetcher: Fetcher) -> RunnerEnv:
     from repligate.runners.weights_cache import WeightsCache
 
     chosen = device.choose(settings.device)
+    pipelines = PipelineCache(
+        settings.pipeline_cache_bytes or device.memory_budget(chosen),
+        release=lambda: device.release_memory(chosen),
+    )
+    pipelines.on_load = on_pipeline_load
     return RunnerEnv(
         device=chosen,
         weights=WeightsLocator(settings.weights_dir),
-        pipelines=PipelineCache(
-            settings.pipeline_cache_bytes or device.memory_budget(chosen),
-            release=lambda: device.release_memory(chosen),
-        ),
+        pipelines=pipelines,
         fetcher=fetcher,
         png_compress_level=settings.png_compress_level,
         safety=LazySafetyChecker(settings.weights_dir, chosen, enabled=settings.safety_checker),
@@ -152,9 +160,14 @@ def build_container(
         public_base_url=settings.public_base_url,
     )
     fetcher = Fetcher.from_settings(settings, local_files=file_inputs)
+    metrics = Metrics(sessions)
+    fetcher.on_refusal = metrics.fetch_refused
     if provider is None:
-        provider = LocalProvider(lambda: runner_env_factory(settings, fetcher))
+        provider = LocalProvider(
+            lambda: runner_env_factory(settings, fetcher, metrics.pipeline_loaded)
+        )
     bus = InProcessBus()
+    bus.subscribe(metrics.on_event)
     notifier = CompletionNotifier()
     bus.subscribe(notifier.on_event)
     transitions = Transitions(sessions, bus, clock)
@@ -163,6 +176,7 @@ def build_container(
     )
     if relay is not None:
         bus.subscribe(relay.on_event)
+        relay.client.on_answer = metrics.upstream_answered
     flags = CancelFlags()
     executor = Executor(
         transitions=transitions,
@@ -209,6 +223,7 @@ def build_container(
         workers=settings.webhook_workers,
     )
     bus.subscribe(webhooks.on_event)
+    webhooks.on_attempt = metrics.webhook_tried
     streams = StreamHub()
     bus.subscribe(streams.on_event)
     service.on_stop_waiting(streams.close_all)
@@ -252,6 +267,7 @@ def build_container(
         sweeper=sweeper,
         routes=routes,
         relay=relay,
+        metrics=metrics,
     )
 
 
@@ -358,6 +374,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(web.router)
     app.include_router(pages.router)
     app.include_router(health.router)
+    app.include_router(metrics_api.router)
     app.include_router(relay_webhooks.router)
     app.include_router(openai_images.router, prefix="/v1")
     return app

@@ -1,8 +1,9 @@
 """What a runner reports while it runs a prediction.
 
 Runners never touch the database or storage: they call ``RunContext.emit`` with a Log, a
-Progress or an Output, and return their output with ``OutputFile`` values where files
-go; the execution folds all of it into the prediction (``transitions.py``).
+Progress (and a FrameProgress for animations) or an Output, and return their output with
+``OutputFile`` values where files go; the execution folds all of it into the prediction
+(``transitions.py``).
 
 Two ways to give the output:
 - return it (one value, a list or a dict, with ``OutputFile`` values in place);
@@ -34,6 +35,15 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class FrameProgress:
+    """An animation's frame is done: ``frame`` of ``total`` (the prediction's
+    ``progress.frame``). Adds no log line; runners log their own frame lines."""
+
+    frame: int
+    total: int
+
+
+@dataclass(frozen=True)
 class OutputFile:
     """A file the model produced: bytes already encoded, named as the original names it."""
 
@@ -49,7 +59,7 @@ class Output:
     value: Any
 
 
-Event = Log | Progress | Output
+Event = Log | Progress | FrameProgress | Output
 
 
 class Canceled(Exception):

@@ -10,6 +10,7 @@ prediction could not take (it was canceled meanwhile) is deleted again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,12 +20,13 @@ from tqdm import tqdm
 
 from repligate import inputs
 from repligate.errors import PredictionFailure
-from repligate.events import Canceled, Event, Log, Output, OutputFile, Progress
+from repligate.events import Canceled, Event, FrameProgress, Log, Output, OutputFile, Progress
 from repligate.fetch import Fetcher
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
 from repligate.providers.base import Provider
 from repligate.queue.base import CancelFlags
+from repligate.records import RunProgress
 from repligate.registry import Registry
 from repligate.storage.base import Storage, keys_in, map_leaves
 from repligate.transitions import Transitions
@@ -35,8 +37,9 @@ HANDED_BACK_NOTE = "The server stopped while this prediction ran; it was queued 
 
 
 class _Context:
-    """The RunContext of one prediction: buffers log lines and flushes them now and then,
-    stores live outputs as they come, and notices a cancel made here (flag) or anywhere
+    """The RunContext of one prediction: buffers log lines and flushes them now and then
+    (with the run's structured progress, which rides in the same write), stores live
+    outputs as they come, and notices a cancel made here (flag) or anywhere
     else (the prediction stopped `processing`)."""
 
     def __init__(
@@ -57,6 +60,9 @@ class _Context:
         self._started = time.monotonic()
         self._stopped_elsewhere = False
         self.outputs: list[Any] = []
+        # The last step and frame reported; written with the next flush when it changed.
+        self.progress: RunProgress | None = None
+        self._progress_written: RunProgress | None = None
 
     def emit(self, event: Event) -> None:
         if isinstance(event, Output):
@@ -70,14 +76,31 @@ class _Context:
         elif isinstance(event, Progress):
             elapsed = time.monotonic() - self._started
             self._pending.append(tqdm.format_meter(event.step, event.total, elapsed))
+            self.progress = dataclasses.replace(
+                self.progress or RunProgress(0, 0), current=event.step, total=event.total
+            )
+        elif isinstance(event, FrameProgress):
+            self.progress = dataclasses.replace(
+                self.progress or RunProgress(0, 0), frame=event.frame, frames=event.total
+            )
         if time.monotonic() - self._last_flush >= self._flush_interval:
             self.flush()
 
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         text = self.take_pending()
-        if text and self._transitions.append_logs(self.prediction_id, text) is None:
+        progress = self.take_progress()
+        if not text and progress is None:
+            return
+        if self._transitions.append_logs(self.prediction_id, text, progress) is None:
             self._stopped_elsewhere = True
+
+    def take_progress(self) -> RunProgress | None:
+        """The progress if it changed since it was last written, now taken as written."""
+        if self.progress == self._progress_written:
+            return None
+        self._progress_written = self.progress
+        return self.progress
 
     def take_pending(self) -> str:
         """The log lines not written yet, now taken (for the final write to carry)."""
@@ -169,6 +192,7 @@ class Executor:
                 output=output,
                 append_logs=ctx.take_pending() or None,
                 claimed=prediction,
+                progress=ctx.take_progress(),
             )
             if finished is None:
                 # Canceled (or ended elsewhere) while the last files were written: the

@@ -202,6 +202,8 @@ class Fetcher:
         self.policy = AddressPolicy(allow_private=allow_private, allowed_networks=allowed_networks)
         self._ssl_context = ssl_context
         self.local_files = local_files
+        # Told each refusal's reason (the metrics count them); None: nobody listens.
+        self.on_refusal: Callable[[str], None] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, local_files: LocalFiles | None = None) -> Fetcher:
@@ -232,6 +234,7 @@ class Fetcher:
                 declared = self._download(judged, self.max_bytes, parts.append) or ""
                 data = b"".join(parts)
         except _Bad as exc:
+            self._refused(exc)
             raise FetchRefused(f"{field}: {exc}") from None
         return FetchedFile(field, data, content_type_of(data, declared), self.max_pixels)
 
@@ -263,9 +266,14 @@ class Fetcher:
                     self._download(judged, limit, out.write, timeout)
             partial.replace(path)
         except _Bad as exc:
+            self._refused(exc)
             raise FetchRefused(f"{field}: {exc}") from None
         finally:
             partial.unlink(missing_ok=True)
+
+    def _refused(self, exc: _Bad) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(str(exc))
 
     def _open_local(self, value: str, owner: str | None, limit: int) -> LocalFile | None:
         if self.local_files is None or not value.lower().startswith(("http://", "https://")):

@@ -10,6 +10,44 @@ from repligate.lifecycle import Status
 
 
 @dataclass(frozen=True)
+class RunProgress:
+    """How far a run is: the denoising step of the current pass (``current`` of
+    ``total``) and, for animations, the frame. The same shape is stored and sent."""
+
+    current: int
+    total: int
+    frame: int | None = None
+    frames: int | None = None
+
+    @property
+    def percentage(self) -> float:
+        """Of the current denoising pass, rounded to 0.1 (0 when nothing is known)."""
+        return round(100.0 * self.current / self.total, 1) if self.total > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "current": self.current,
+            "total": self.total,
+            "percentage": self.percentage,
+        }
+        if self.frames is not None:
+            body["frame"] = {"current": self.frame or 0, "total": self.frames}
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any] | None) -> RunProgress | None:
+        if not body:
+            return None
+        frame = body.get("frame") or {}
+        return cls(
+            current=int(body.get("current", 0)),
+            total=int(body.get("total", 0)),
+            frame=frame.get("current"),
+            frames=frame.get("total"),
+        )
+
+
+@dataclass(frozen=True)
 class Prediction:
     id: str
     api_key_id: str
@@ -35,6 +73,8 @@ class Prediction:
     api_prefix: str = ""
     # Retention removed its input, output and logs (retention.py).
     data_removed: bool = False
+    # Where its run stands (the last step and frame reported), None before any.
+    progress: RunProgress | None = None
 
     @classmethod
     def starting(

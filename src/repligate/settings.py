@@ -183,6 +183,17 @@ class Settings(BaseSettings):
     openai_edit_model: str = "stability-ai/stable-diffusion-inpainting"
     openai_wait_seconds: int = Field(default=300, ge=1, le=3600)
 
+    # GET /metrics (Prometheus): "open", "off" (404), or "token:SECRET" (a bearer token).
+    # With PROMETHEUS_MULTIPROC_DIR set, every API process's counts are added up.
+    metrics: str = "open"
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_mode(cls, value: str) -> str:
+        if value in ("open", "off") or (value.startswith("token:") and len(value) > 6):
+            return value
+        raise ValueError('REPLIGATE_METRICS is "open", "off" or "token:SECRET"')
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -3,8 +3,10 @@
 Events: ``output`` (one per output item, a URL for a file, JSON for a value that is not
 text), ``logs`` (the new log text), ``error`` (``{"detail": ...}``, before the end of a
 failed prediction) and ``done`` (``{}``, ``{"reason": "canceled"}`` or
-``{"reason": "error"}``), which ends the stream. Every event carries an ``id:`` (the
-official client drops events until it has seen one).
+``{"reason": "error"}``), which ends the stream. A stream opened with ``?progress=1`` also
+sends ``progress`` (the prediction's ``progress`` object as JSON, when it changed): only
+on request, because the official client fails on an event type it does not know. Every
+event carries an ``id:`` (the official client drops events until it has seen one).
 
 ``StreamHub`` is a subscriber of the event bus. Streams are coroutines, not threads: each
 registers an ``asyncio.Queue`` for its prediction, and the bus (which publishes from
@@ -25,7 +27,7 @@ from typing import Any
 
 from repligate.bus import PredictionEvent
 from repligate.lifecycle import Status
-from repligate.records import Prediction
+from repligate.records import Prediction, RunProgress
 
 # A stream's queue gets a snapshot, or None: the server is stopping.
 Snapshots = asyncio.Queue[Prediction | None]
@@ -45,10 +47,13 @@ class StreamEvent:
 class StreamState:
     """What one stream has sent of a prediction, to send only what is new."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, progress: bool = False) -> None:
         self.logs_sent = 0
         self.outputs_sent = 0
         self.done = False
+        # Send ``progress`` events (asked for with ?progress=1); the last one sent.
+        self.progress = progress
+        self.progress_sent: RunProgress | None = None
 
     def advance(self, prediction: Prediction, resolve: Callable[[Any], Any]) -> list[StreamEvent]:
         """The events that bring a client from what it saw to ``prediction``.
@@ -59,6 +64,10 @@ class StreamState:
         if len(prediction.logs) > self.logs_sent:
             events.append(StreamEvent("logs", prediction.logs[self.logs_sent :]))
             self.logs_sent = len(prediction.logs)
+        if self.progress and prediction.progress not in (None, self.progress_sent):
+            assert prediction.progress is not None
+            events.append(StreamEvent("progress", json.dumps(prediction.progress.as_json())))
+            self.progress_sent = prediction.progress
         terminal = prediction.status.is_terminal
         output = resolve(prediction.output) if prediction.output is not None else None
         if isinstance(output, list):

@@ -26,7 +26,7 @@ from repligate import lifecycle
 from repligate.bus import EventBus, EventKind, PredictionEvent
 from repligate.clock import Clock
 from repligate.lifecycle import Status
-from repligate.records import Prediction
+from repligate.records import Prediction, RunProgress
 from repligate.store import db
 from repligate.store import predictions as store
 
@@ -87,6 +87,7 @@ class Transitions:
         append_logs: str | None = None,
         claimed: Prediction | None = None,
         predict_time: float | None = None,
+        progress: RunProgress | None = None,
     ) -> Prediction | None:
         """Move to a terminal status; ``completed`` is published once, by the winner.
 
@@ -109,6 +110,8 @@ class Transitions:
             fields["logs"] = logs
         if predict_time is not None:
             fields["predict_time"] = predict_time
+        if progress is not None:
+            fields["progress"] = progress
         try:
             return self._move(prediction_id, status, fields, append_logs, claimed)
         except Exception as exc:
@@ -140,6 +143,7 @@ class Transitions:
                 expected=Status.PROCESSING,
                 started_at=None,
                 output=None,
+                progress=None,
                 logs=current.logs + note + "\n",
             )
 
@@ -179,9 +183,13 @@ class Transitions:
 
     # -- while it runs ---------------------------------------------------------------
 
-    def append_logs(self, prediction_id: str, text: str) -> Prediction | None:
+    def append_logs(
+        self, prediction_id: str, text: str, progress: RunProgress | None = None
+    ) -> Prediction | None:
+        """Add log lines and, when given, the run's progress: one write, one event."""
         with self._lock(prediction_id), db.connect(self._sessions) as session:
-            moved = store.append_logs(session, prediction_id, text, now=self._clock.now())
+            now = self._clock.now()
+            moved = store.append_logs(session, prediction_id, text, now=now, progress=progress)
             return self._publish(EventKind.LOGS, moved)
 
     def set_output(self, prediction_id: str, output: Any) -> Prediction | None:

@@ -78,6 +78,8 @@ class WebhookDeliverer:
         self._busy: set[str] = set()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        # Told (event, outcome) of each try: delivered, failed or retrying (the metrics).
+        self.on_attempt: Callable[[str, str], None] | None = None
 
     # -- the bus ------------------------------------------------------------------------
 
@@ -165,6 +167,9 @@ class WebhookDeliverer:
             log.warning(
                 "webhook %s for %s not delivered: %s", delivery.event, delivery.prediction_id, error
             )
+        if self.on_attempt is not None:
+            outcome = {store.DELIVERED: "delivered", store.PENDING: "retrying"}.get(state, "failed")
+            self.on_attempt(delivery.event, outcome)
         attempt = WebhookAttempt(now, result.url, result.status_code, error, result.seconds)
         with db.connect(self._sessions) as session:
             store.record_attempt(session, delivery, attempt, state=state, next_attempt_at=retry_at)

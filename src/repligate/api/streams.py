@@ -1,6 +1,7 @@
 """``GET /v1/predictions/{id}/stream``: the prediction's Server-Sent Events
 (``streams.py``). Opened with the owner's key, or with the signed query its
-``urls.stream`` carries (a browser's EventSource sends no headers)."""
+``urls.stream`` carries (a browser's EventSource sends no headers). ``?progress=1`` adds
+``progress`` events."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ async def stream_prediction(prediction_id: str, request: Request) -> StreamingRe
         return resolve_output(output, wired.storage, base)
 
     async def events() -> AsyncIterator[bytes]:
-        state = StreamState()
+        state = StreamState(progress=query.get("progress", "").lower() in ("1", "true"))
         sent = 0
         # Subscribed before the prediction is read, so no change falls in between.
         snapshots = hub.subscribe(prediction_id)

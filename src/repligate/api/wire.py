@@ -117,6 +117,8 @@ def prediction_out(
         "version": prediction.version,
         "input": prediction.input,
         "logs": prediction.logs,
+        # Structured progress beside the tqdm lines in logs (None before the first step).
+        "progress": prediction.progress.as_json() if prediction.progress else None,
         "output": output,
         "data_removed": prediction.data_removed,
         "error": prediction.error,

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from repligate.lifecycle import Status
-from repligate.records import Prediction
+from repligate.records import Prediction, RunProgress
 from repligate.relay.keypool import UpstreamKey
 from repligate.relay.outputs import OutputCopier, OutputCopyFailed
+from repligate.relay.progress import upstream_progress
 from repligate.relay.upstream import (
     NoUsableKey,
     UpstreamClient,
@@ -180,11 +181,15 @@ class Tracker:
             t.status, changed = Status.PROCESSING, True
         logs = reply.get("logs") or ""
         new_logs = logs[t.logs_seen :] if isinstance(logs, str) else ""
+        progress = upstream_progress(reply)
         output = reply.get("output")
         if isinstance(output, list) and len(output) > len(t.outputs) and status != "failed":
             # An iterator output: each new item is copied and shown as it comes.
             if new_logs and status not in _TERMINAL:
-                if await self._io(self._transitions.append_logs, t.prediction_id, new_logs) is None:
+                appended = await self._io(
+                    self._transitions.append_logs, t.prediction_id, new_logs, progress
+                )
+                if appended is None:
                     return await self._moved_on(t)
                 t.logs_seen, new_logs = len(logs), ""
             for index in range(len(t.outputs), len(output)):
@@ -197,7 +202,10 @@ class Tracker:
             changed = True
         if status not in _TERMINAL:
             if new_logs:
-                if await self._io(self._transitions.append_logs, t.prediction_id, new_logs) is None:
+                appended = await self._io(
+                    self._transitions.append_logs, t.prediction_id, new_logs, progress
+                )
+                if appended is None:
                     return await self._moved_on(t)
                 t.logs_seen, changed = len(logs), True
             return changed
@@ -214,6 +222,7 @@ class Tracker:
                 output=final,
                 append_logs=new_logs or None,
                 predict_time=float(predict_time) if isinstance(predict_time, int | float) else None,
+                progress=progress,
             )
         elif status == "failed":
             error = reply.get("error")
@@ -238,6 +247,7 @@ class Tracker:
         append_logs: str | None = None,
         predict_time: float | None = None,
         keep: bool = False,
+        progress: RunProgress | None = None,
     ) -> None:
         t.done = True  # before the write: its own completed event is not a cancel
         if t.status is Status.STARTING and status is Status.SUCCEEDED:
@@ -251,6 +261,7 @@ class Tracker:
             error=error,
             append_logs=append_logs,
             predict_time=predict_time,
+            progress=progress,
         )
         t.status = status
 

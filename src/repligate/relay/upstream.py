@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,8 @@ class UpstreamClient:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self.requests = 0  # sent, for the bench
+        # Told (method, status) of each answer, 0 when none came (the metrics count them).
+        self.on_answer: Callable[[str, int], None] | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0)
@@ -260,7 +263,11 @@ class UpstreamClient:
                     answer_headers = dict(response.headers)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 failure = f"no answer from {self.base_url} ({type(exc).__name__})"
+                if self.on_answer is not None:
+                    self.on_answer(method, 0)
                 return 0, {"_failure": failure}, {}
+        if self.on_answer is not None:
+            self.on_answer(method, status)
         if 200 <= status < 300:
             try:
                 parsed = json.loads(raw)

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from repligate.events import Canceled, Log
+from repligate.events import Canceled, FrameProgress, Log
 from repligate.runners import sampling
 from repligate.runners.base import RunContext, RunnerEnv
 from repligate.runners.weights import about_files
@@ -201,6 +201,7 @@ class AnimateDiffRunner:
                     raise Canceled()
                 writer.add_frame(_decode(pipe, latents, index))
                 ctx.emit(Log(f"frame {index + 1}/{FRAMES} decoded"))
+                ctx.emit(FrameProgress(index + 1, FRAMES))
             return writer.finish("out.mp4")
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from repligate.events import Canceled, Log, Output, Progress
+from repligate.events import Canceled, FrameProgress, Log, Output, Progress
 from repligate.runners import animation_frames as plan
 from repligate.runners import film, safety, sampling, schedulers
 from repligate.runners.base import RunContext
@@ -112,20 +112,34 @@ class _Animation:
         """Every frame of the video in order (H x W x 3 uint8), made as they are pulled."""
         inputs = self.inputs
         spool = plan.FrameSpool() if inputs["gif_ping_pong"] else None
+        total = self._frame_total()
         try:
             count = 0
             for frame in self._forward_frames():
                 if spool is not None:
                     spool.add(frame)
                 count += 1
+                self.ctx.emit(FrameProgress(count, total))
                 yield frame
             if spool is not None:
                 tail = plan.ping_pong_tail(count)
-                yield from spool.read(tail)
+                for made, frame in enumerate(spool.read(tail), count + 1):
+                    self.ctx.emit(FrameProgress(made, total))
+                    yield frame
                 self.ctx.emit(Log(f"Video frames: {count + len(tail)}/{count + len(tail)}"))
         finally:
             if spool is not None:
                 spool.close()
+
+    def _frame_total(self) -> int:
+        """How many frames the video has, ping-pong included (``progress.frame.total``)."""
+        inputs = self.inputs
+        texts = plan.prompts(inputs["prompt_start"], inputs["prompt_end"])
+        keys = plan.key_frames(len(texts), inputs["num_animation_frames"])
+        steps = inputs["num_interpolation_steps"]
+        return plan.video_frame_count(
+            len(keys), steps, self.film is not None, inputs["gif_ping_pong"]
+        )
 
     def _forward_frames(self) -> Iterator[np.ndarray]:
         import torch

@@ -75,6 +75,8 @@ class PipelineCache:
         self._sizes: dict[int, int] = {}  # id(part) -> bytes, for the parts held now
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        # Told the bytes held after each load (the metrics count loads and bytes).
+        self.on_load: Callable[[int], None] | None = None
 
     def get(self, key: str, load: Callable[[], Any]) -> Any:
         with self._lock:
@@ -91,8 +93,11 @@ class PipelineCache:
             with self._lock:
                 self._entries[key] = value
                 evicted = self._evict_past_cap()
+                held = self._held_bytes() if self.on_load is not None else 0
             if evicted and self._release is not None:
                 self._release()
+            if self.on_load is not None:
+                self.on_load(held)
             return value
 
     def held_bytes(self) -> int:

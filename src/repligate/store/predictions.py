@@ -17,7 +17,7 @@ from sqlalchemy import insert as sql_insert
 
 from repligate import lifecycle
 from repligate.lifecycle import Status
-from repligate.records import Prediction
+from repligate.records import Prediction, RunProgress
 from repligate.store import webhooks
 from repligate.store.db import Db
 from repligate.store.rows import ApiKeyRow, PredictionRow
@@ -61,6 +61,7 @@ def _record(row: Any) -> Prediction:
         base_url=row.base_url,
         api_prefix=row.api_prefix or "",
         data_removed=bool(row.data_removed),
+        progress=RunProgress.from_json(row.progress),
     )
 
 
@@ -157,6 +158,8 @@ def _clean(fields: dict[str, Any]) -> dict[str, Any]:
     for name in ("logs", "error"):
         if isinstance(fields.get(name), str):
             fields[name] = _clean_text(fields[name])
+    if isinstance(fields.get("progress"), RunProgress):
+        fields["progress"] = fields["progress"].as_json()
     return fields
 
 
@@ -245,15 +248,21 @@ def move(
 
 
 def append_logs(
-    session: Db, prediction_id: str, text: str, *, now: datetime | None = None
+    session: Db,
+    prediction_id: str,
+    text: str,
+    *,
+    now: datetime | None = None,
+    progress: RunProgress | None = None,
 ) -> Prediction | None:
-    """Add to the logs of a running prediction. None when it is no longer running
-    (canceled by another request or process): the worker's cue to stop."""
+    """Add to the logs of a running prediction (and set its progress, when given). None
+    when it is no longer running (canceled by another request or process): the worker's
+    cue to stop."""
     return _update_returning(
         session,
         prediction_id,
         (Status.PROCESSING,),
-        {},
+        {} if progress is None else {"progress": progress},
         append_logs=text,
         webhook_event="logs",
         now=now,

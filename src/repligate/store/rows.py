@@ -95,6 +95,8 @@ class PredictionRow(Base):
 
     # Its input, output (and files) and logs were removed by retention (retention.py).
     data_removed: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The last step (and frame) its runner reported: records.RunProgress as JSON.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class FileRow(Base):

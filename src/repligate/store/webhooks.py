@@ -18,7 +18,7 @@ from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from repligate.lifecycle import Status
-from repligate.records import Prediction, WebhookAttempt, WebhookDelivery
+from repligate.records import Prediction, RunProgress, WebhookAttempt, WebhookDelivery
 from repligate.store.db import Db
 from repligate.store.rows import WebhookAttemptRow, WebhookDeliveryRow, WebhookSecretRow
 
@@ -59,6 +59,7 @@ def snapshot(prediction: Prediction) -> dict[str, Any]:
         "completed_at": _iso(prediction.completed_at),
         "predict_time": prediction.predict_time,
         "total_time": prediction.total_time,
+        "progress": prediction.progress.as_json() if prediction.progress else None,
     }
 
 
@@ -76,6 +77,7 @@ def as_of(prediction: Prediction, fields: dict[str, Any] | None) -> Prediction:
         completed_at=_datetime(fields["completed_at"]),
         predict_time=fields["predict_time"],
         total_time=fields["total_time"],
+        progress=RunProgress.from_json(fields.get("progress")),
     )
 
 
