@@ -23,6 +23,7 @@ from repligate.app import create_app
 from repligate.models import all_models
 from repligate.openai_images import ImageRequestError, generation_input, nearest_aspect_ratio
 from repligate.registry import Registry
+from repligate.runners.flux import ASPECT_RATIOS as FLUX_ASPECT_RATIOS
 from repligate.settings import Settings
 from repligate.testing.fakes import ScriptedProvider
 from repligate.testing.live_server import LiveServer
@@ -327,6 +328,23 @@ def test_an_edit_without_transparency_or_mask_is_refused(live: LiveServer, token
 # -- the mapping alone ---------------------------------------------------------------------
 
 REGISTRY = Registry(all_models())
+
+
+def test_flux_runs_at_the_nearest_aspect_ratio(live: LiveServer, token: str) -> None:
+    client = client_for(live, token)
+    result = client.images.generate(
+        model="lucataco/flux-schnell-lora",
+        prompt="a red fox",
+        size="1792x1024",
+        response_format="b64_json",
+        extra_body={"num_inference_steps": 1, "output_format": "png", "seed": 3},
+    )
+    (item,) = images_of(result)
+    assert item.b64_json is not None
+    # 1792x1024 is 7:4; the nearest of Flux's ratios is 16:9, which it runs at 1344x768.
+    assert png(base64.b64decode(item.b64_json)).size == FLUX_ASPECT_RATIOS["16:9"]
+    (prediction,) = replicate_list(live, token)
+    assert prediction["input"]["aspect_ratio"] == "16:9"
 
 
 def test_flux_gets_the_nearest_aspect_ratio() -> None:
