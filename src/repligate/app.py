@@ -25,6 +25,7 @@ from repligate.api import (
     health,
     models,
     pages,
+    playground,
     predictions,
     relay_webhooks,
     uploads,
@@ -355,6 +356,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(files.router)
     app.include_router(web.router)
     app.include_router(pages.router)
+    app.include_router(playground.router)
     app.include_router(health.router)
     app.include_router(relay_webhooks.router)
     return app
