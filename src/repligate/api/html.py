@@ -66,7 +66,8 @@ def page(
         head += f'<script src="{escape(script)}" defer></script>'
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">{head}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">{head}
 <title>{escape(title)}</title><style>{_CSS}</style></head>
 <body>
 {body}
