@@ -105,7 +105,7 @@ def test_run_stable_diffusion_from_its_page_and_find_it_in_history(
     )
     assert size == [128, 64]
     page.wait_for_selector("#status.status-succeeded")
-    assert "predict" in page.text_content("#metrics")  # type: ignore[operator]
+    assert "predict" in page.text_content("#metrics")
     # Followed live over the prediction's event stream; its step logs are on the page.
     assert any("/stream?expires=" in url for url in requested)
     assert "2/2" in (page.text_content("#logs") or "")
@@ -134,7 +134,7 @@ def test_run_stable_diffusion_from_its_page_and_find_it_in_history(
     python = page.text_content("#python-snippet") or ""
     monkeypatch.setenv("REPLICATE_API_TOKEN", token)
     scope: dict[str, Any] = {}
-    exec(compile(python.replace("print(output)", ""), "snippet", "exec"), scope)  # noqa: S102
+    exec(compile(python.replace("print(output)", ""), "snippet", "exec"), scope)
     assert len(scope["output"]) == 1
 
     # Reloaded, the page still has the key; the history lists this run with its image.
@@ -170,9 +170,7 @@ def test_upload_a_file_for_img2img_and_run_it(
     page.fill("#key", token)
     page.click("#save-key")
     page.set_input_files("#upload-image", str(picture))
-    page.wait_for_function(
-        "() => document.querySelector('#in-image').value.includes('/v1/files/')"
-    )
+    page.wait_for_function("() => document.querySelector('#in-image').value.includes('/v1/files/')")
     page.fill("#in-num_inference_steps", "2")
     page.fill("#in-prompt_strength", "0.5")
     page.click("#run")

@@ -136,7 +136,7 @@ def test_file_fields_take_a_url_or_an_upload(client: TestClient) -> None:
 def test_every_model_has_a_form_and_the_home_page_lists_them(client: TestClient) -> None:
     home = client.get("/").text
     listed = client.get("/models").text
-    refs = [line.split('/models/', 1)[1].split('"', 1)[0] for line in listed.split("<tr>")[1:]]
+    refs = [line.split("/models/", 1)[1].split('"', 1)[0] for line in listed.split("<tr>")[1:]]
     assert len(refs) == 10
     for ref in refs:
         assert f"/models/{ref}" in home
@@ -152,12 +152,12 @@ def test_the_script_is_served_here_and_only_playground_pages_may_run_it(
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "connect-src 'self'" in policy
     assert 'src="http://testserver/static/playground.js"' in page.text
-    # Nothing from elsewhere: every src and href on the page is this server's (or a
-    # fragment); the example image URL in the example request is text, not a link.
+    # Nothing from elsewhere: every src and href on the page is this server's (or the
+    # empty data: favicon); the example image URL in the example request is text.
     for attr in ("src=", "href="):
         for part in page.text.split(attr)[1:]:
             url = part[1:].split(part[0], 1)[0]
-            assert url.startswith("http://testserver") or url.startswith("#"), url
+            assert url.startswith("http://testserver") or url == "data:,", url
     script = client.get("/static/playground.js")
     assert script.status_code == 200
     assert script.headers["content-type"].startswith("text/javascript")

@@ -68,8 +68,7 @@ def _number(name: str, field: dict[str, Any], kind: str, required: bool) -> str:
     if required:
         attrs.append("required")
     control = (
-        f'<input id="in-{escape(name)}" name="{escape(name)}" data-kind="{kind}" '
-        f"{' '.join(attrs)}>"
+        f'<input id="in-{escape(name)}" name="{escape(name)}" data-kind="{kind}" {" ".join(attrs)}>'
     )
     if "minimum" in field and "maximum" in field:
         # A slider beside the field, kept in step with it by the script; it has no name,
