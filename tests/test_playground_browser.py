@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,6 +37,8 @@ if not CHROMIUM:
         allow_module_level=True,
     )
 
+# A quote (the curl snippet quotes it for the shell) and markup (shown as text, never run).
+PROMPT = "the fox's <b>den</b>"
 IMAGE_LOADED = """(selector) => {
   const img = document.querySelector(selector);
   return img !== null && img.complete && img.naturalWidth > 0;
@@ -90,7 +93,7 @@ def test_run_stable_diffusion_from_its_page_and_find_it_in_history(
     assert page.text_content("#key-state") == "A token is saved in this browser."
     assert page.input_value("#key") == ""  # kept by the browser, not left on the page
 
-    page.fill("#in-prompt", "a tiny red fox")
+    page.fill("#in-prompt", PROMPT)
     page.select_option("#in-width", "128")
     page.select_option("#in-height", "64")
     page.fill("#in-num_inference_steps", "2")
@@ -117,9 +120,14 @@ def test_run_stable_diffusion_from_its_page_and_find_it_in_history(
     # The same request as code: the curl body and the Python snippet both run as shown.
     curl = page.text_content("#curl-snippet") or ""
     assert f"curl -s -X POST {live.url}/v1/predictions" in curl
-    sent = json.loads(curl.split("-d '", 1)[1].rsplit("'", 1)[0])
+    assert page.locator("#result b").count() == 0  # the prompt's markup stayed text
+    env = {**os.environ, "REPLICATE_API_TOKEN": token}
+    if shutil.which("curl") and shutil.which("bash"):
+        ran = subprocess.run(["bash", "-c", curl], env=env, capture_output=True, check=True)
+        assert json.loads(ran.stdout)["status"] == "succeeded"
+    sent = json.loads(curl.split("-d '", 1)[1].rsplit("'", 1)[0].replace("'\\''", "'"))
     assert sent["input"] == {
-        "prompt": "a tiny red fox",
+        "prompt": PROMPT,
         "height": 64,
         "width": 128,
         "num_outputs": 1,
@@ -128,9 +136,10 @@ def test_run_stable_diffusion_from_its_page_and_find_it_in_history(
         "scheduler": "K_EULER",
         "seed": 7,
     }
-    auth = {"Authorization": f"Bearer {token}", "Prefer": "wait"}
-    again = httpx.post(f"{live.url}/v1/predictions", json=sent, headers=auth, timeout=120)
-    assert again.json()["status"] == "succeeded"
+    if not shutil.which("curl"):
+        auth = {"Authorization": f"Bearer {token}", "Prefer": "wait"}
+        again = httpx.post(f"{live.url}/v1/predictions", json=sent, headers=auth, timeout=120)
+        assert again.json()["status"] == "succeeded"
     python = page.text_content("#python-snippet") or ""
     monkeypatch.setenv("REPLICATE_API_TOKEN", token)
     scope: dict[str, Any] = {}
@@ -167,6 +176,14 @@ def test_upload_a_file_for_img2img_and_run_it(
     page, _, errors = watched_page(browser)
     page.set_default_timeout(WAIT_MS)
     page.goto(f"{live.url}/models/stability-ai/stable-diffusion-img2img")
+    page.fill("#key", "r8_not-a-key")
+    page.click("#save-key")
+    page.set_input_files("#upload-image", str(picture))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "input.png failed" in (page.text_content("#error") or "")
+    assert page.input_value("#in-image") == ""
+    errors.clear()  # the refused upload's 401, expected
+
     page.fill("#key", token)
     page.click("#save-key")
     page.set_input_files("#upload-image", str(picture))
@@ -181,4 +198,24 @@ def test_upload_a_file_for_img2img_and_run_it(
         " return [i.naturalWidth, i.naturalHeight]; }"
     )
     assert size == [64, 64]
+    assert errors == []
+
+
+def test_cancel_a_running_prediction_from_its_page(browser: Any, live: LiveServer) -> None:
+    token = live.make_token()
+    page, _, errors = watched_page(browser)
+    page.set_default_timeout(WAIT_MS)
+    page.goto(f"{live.url}/models/stability-ai/stable-diffusion")
+    page.fill("#key", token)
+    page.click("#save-key")
+    page.select_option("#in-width", "64")
+    page.select_option("#in-height", "64")
+    page.fill("#in-num_inference_steps", "500")
+    page.click("#run")
+    page.wait_for_selector("#cancel:not([hidden])")
+    page.click("#cancel")
+    page.wait_for_selector("#status.status-canceled")
+    assert page.is_hidden("#cancel")
+    assert page.locator("#outputs img").count() == 0
+    assert page.is_enabled("#run")
     assert errors == []

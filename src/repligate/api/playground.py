@@ -59,6 +59,7 @@ without it.</p></noscript>
 <h2>Result</h2>
 <p><span id="status" class="status"></span> <span id="prediction-id" class="muted"></span>
 <a id="web-link" hidden>Prediction page</a>
+<button type="button" id="cancel" hidden>Cancel</button>
 · <a href="{home}/history">History</a></p>
 <p><progress id="progress" max="100" hidden></progress> <span id="progress-text"
 class="muted"></span></p>

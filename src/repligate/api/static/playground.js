@@ -6,6 +6,7 @@
 
 (function () {
   const KEY = "repligate.apiToken";
+  const TERMINAL = ["succeeded", "failed", "canceled"];
   const VIDEO = /\.(mp4|webm|mov)(\?|$)/i;
   const TQDM_PERCENT = /(\d{1,3})%\|/g;
   const root = document.getElementById("playground");
@@ -115,6 +116,7 @@
     for (const button of document.querySelectorAll("button.copy")) {
       button.addEventListener("click", () => copy(button));
     }
+    byId("cancel").addEventListener("click", cancel);
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       run();
@@ -136,9 +138,12 @@
     try {
       const uploaded = await call("POST", "/files", body);
       target.value = uploaded.urls.get;
+      showError("");
     } catch (err) {
+      picker.value = ""; // so that picking the same file again tries again
       alertResult("Upload of " + file.name + " failed: " + err.message);
     }
+    target.placeholder = "https://… or data:…";
   }
 
   function alertResult(message) {
@@ -193,6 +198,19 @@
     }
   }
 
+  let cancelUrl = null;
+
+  async function cancel() {
+    if (!cancelUrl) return;
+    byId("cancel").disabled = true;
+    try {
+      await call("POST", cancelUrl);
+    } catch (err) {
+      showError("Cancel failed: " + err.message);
+      byId("cancel").disabled = false;
+    }
+  }
+
   function setStatus(status) {
     const badge = byId("status");
     badge.textContent = status;
@@ -224,6 +242,8 @@
 
   function render(prediction) {
     setStatus(prediction.status);
+    cancelUrl = prediction.urls.cancel;
+    byId("cancel").hidden = TERMINAL.includes(prediction.status);
     byId("prediction-id").textContent = prediction.id;
     const web = byId("web-link");
     web.href = prediction.urls.web;
@@ -240,8 +260,6 @@
     if (typeof metrics.image_count === "number") parts.push(metrics.image_count + " image(s)");
     byId("metrics").textContent = parts.join(" · ");
   }
-
-  const TERMINAL = ["succeeded", "failed", "canceled"];
 
   function follow(prediction, runId) {
     render(prediction);
@@ -265,6 +283,7 @@
       if (runId !== current) return close();
       logs += event.data;
       setStatus("processing");
+      byId("cancel").hidden = false;
       byId("logs").textContent = logs;
       const percent = progressOf(null, logs);
       if (percent !== null) showProgress(percent);
@@ -304,6 +323,8 @@
   function done(runId) {
     if (runId !== current) return;
     byId("run").disabled = false;
+    byId("cancel").hidden = true;
+    byId("cancel").disabled = false;
     if (byId("status").textContent === "succeeded") showProgress(100);
   }
 
