@@ -227,8 +227,8 @@
   // The structured progress when the server gives it, else the last tqdm percentage.
   function progressOf(prediction, logs) {
     const structured = prediction && prediction.progress;
-    if (structured && typeof structured.percentage === "number") {
-      return Math.round(structured.percentage <= 1 ? structured.percentage * 100 : structured.percentage);
+    if (structured && structured.total > 0 && typeof structured.current === "number") {
+      return Math.min(100, Math.round((100 * structured.current) / structured.total));
     }
     const found = [...logs.matchAll(TQDM_PERCENT)];
     return found.length ? Math.min(100, Number(found[found.length - 1][1])) : null;
@@ -287,6 +287,16 @@
       byId("logs").textContent = logs;
       const percent = progressOf(null, logs);
       if (percent !== null) showProgress(percent);
+    });
+    // Structured progress ({current, total, ...}), where the server streams it.
+    source.addEventListener("progress", (event) => {
+      if (runId !== current) return close();
+      try {
+        const percent = progressOf({ progress: JSON.parse(event.data) }, "");
+        if (percent !== null) showProgress(percent);
+      } catch (_) {
+        // Not JSON: the logs' percentages still show.
+      }
     });
     source.addEventListener("done", () => {
       close();
