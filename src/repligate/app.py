@@ -26,6 +26,7 @@ from repligate.api import (
     models,
     openai_images,
     pages,
+    playground,
     predictions,
     relay_webhooks,
     uploads,
@@ -373,6 +374,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(files.router)
     app.include_router(web.router)
     app.include_router(pages.router)
+    app.include_router(playground.router)
     app.include_router(health.router)
     app.include_router(metrics_api.router)
     app.include_router(relay_webhooks.router)

@@ -1,7 +1,8 @@
 """What the HTML pages share: one layout, safe headers, and values made fit to show.
 
 Pages are plain server-built HTML: every value passes through ``html.escape``, and the
-Content-Security-Policy allows no script at all."""
+Content-Security-Policy allows no script at all, except on playground pages, which load
+one script file from this server (``script=``) and may talk only to this server."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ th{width:11rem}
 .status-canceled{background:#f1f1f1;color:#555}
 .muted{color:#666}
 code{overflow-wrap:anywhere}
+form#run-form input[type=text],form#run-form input[type=url],form#run-form textarea{width:100%;
+box-sizing:border-box}
+input.slider{vertical-align:middle;width:12rem}
+.thumb img,.thumb video{max-width:8rem;margin:0}
 """
 
 # No script anywhere; images and video from this server or any http(s) storage host.
@@ -41,6 +46,8 @@ _CSP = (
     "default-src 'none'; img-src 'self' data: https: http:; media-src 'self' https: http:; "
     "style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+# Playground pages: their one script, from this server, talking to this server only.
+_SCRIPT_CSP = "; script-src 'self'; connect-src 'self'"
 
 
 def page(
@@ -50,18 +57,23 @@ def page(
     status_code: int = 200,
     head: str = "",
     private: bool = False,
+    script: str | None = None,
 ) -> HTMLResponse:
     """A whole page. ``body`` is HTML the caller built with escaped values; ``private``
-    pages (a prediction's) are neither cached, indexed, nor named in a Referer."""
+    pages (a prediction's) are neither cached, indexed, nor named in a Referer. ``script``
+    is the URL of a script file of this server's to load (the playground's)."""
+    if script is not None:
+        head += f'<script src="{escape(script)}" defer></script>'
     document = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">{head}
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">{head}
 <title>{escape(title)}</title><style>{_CSS}</style></head>
 <body>
 {body}
 </body></html>"""
     headers = {
-        "Content-Security-Policy": _CSP,
+        "Content-Security-Policy": _CSP + (_SCRIPT_CSP if script is not None else ""),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }

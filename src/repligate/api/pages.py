@@ -1,6 +1,7 @@
-"""Pages a browser can follow: ``/`` (name, version, links), ``/models`` (the list) and
-``/models/<owner>/<name>`` (what a model object's ``url`` names: description, version,
-input fields from the schema, an example request). Public, like the model objects."""
+"""Pages a browser can follow: ``/`` (name, version, links, the models), ``/models`` (the
+list) and ``/models/<owner>/<name>`` (what a model object's ``url`` names: description,
+version, input fields from the schema, the playground's run form, an example request).
+Public, like the model objects: the run form sends the browser's own key (playground.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from fastapi.responses import HTMLResponse
 
 from repligate import __version__
 from repligate.api.deps import base_url, container
+from repligate.api.forms import ordered_fields as _fields
+from repligate.api.forms import resolved as _resolved
 from repligate.api.html import page, shown, text
+from repligate.api.playground import run_section, script_url
 from repligate.errors import NotFound
 from repligate.models.spec import ModelSpec
 
@@ -28,7 +32,13 @@ def home(request: Request) -> HTMLResponse:
     base = escape(base_url(request))
     docs = request.app.docs_url
     docs_link = f'<li><a href="{base}{escape(docs)}">API docs</a></li>' if docs else ""
-    count = len(container(request).service.registry.all())
+    specs = container(request).service.registry.all()
+    count = len(specs)
+    rows = "".join(
+        f'<tr><th><a href="{base}/models/{escape(spec.ref)}">{escape(spec.ref)}</a></th>'
+        f"<td>{text(spec.description)}</td></tr>"
+        for spec in specs
+    )
     body = f"""<h1>repligate</h1>
 <p>A self-hosted, Replicate-compatible predictions server
 · version <code>{escape(__version__)}</code></p>
@@ -37,7 +47,11 @@ def home(request: Request) -> HTMLResponse:
 {docs_link}
 <li><a href="{base}/openapi.json">OpenAPI schema</a></li>
 <li><a href="{base}/health">Health</a></li>
+<li><a href="{base}/history">History</a> (your predictions)</li>
 </ul>
+<h2>Try a model</h2>
+<p>Open a model to run it from this browser with your API token.</p>
+<table>{rows}</table>
 <p>Send the requests you send to Replicate to <code>{base}/v1/…</code>
 (or <code>{base}/replicate/v1/…</code>) with an API token from
 <code>repligate keys create</code>.</p>"""
@@ -78,25 +92,12 @@ def model_page(owner: str, name: str, request: Request) -> HTMLResponse:
 {_inputs_table(spec)}
 <h2>Output</h2>
 <p>{text(_output_description(spec))}</p>
+{run_section(spec, base)}
 <h2>Example request</h2>
 <pre>{escape(_example_curl(spec, base))}</pre>
 <p>Or with the official Python client:</p>
 <pre>{escape(_example_python(spec, base))}</pre>"""
-    return page(f"{spec.ref} · repligate", body)
-
-
-def _fields(spec: ModelSpec) -> list[tuple[str, dict[str, Any]]]:
-    properties: dict[str, dict[str, Any]] = spec.schemas["Input"]["properties"]
-    return sorted(properties.items(), key=lambda item: item[1].get("x-order", 1000))
-
-
-def _resolved(spec: ModelSpec, field: dict[str, Any]) -> dict[str, Any]:
-    """The field with an ``allOf: [{$ref}]`` (how cog writes choices) merged in."""
-    merged = dict(field)
-    for part in field.get("allOf", []):
-        ref = part.get("$ref", "")
-        merged = {**spec.schemas.get(ref.rsplit("/", 1)[-1], {}), **merged}
-    return merged
+    return page(f"{spec.ref} · repligate", body, script=script_url(base))
 
 
 def _kind(field: dict[str, Any]) -> str:
