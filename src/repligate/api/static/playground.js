@@ -267,7 +267,11 @@
     if (typeof EventSource === "undefined" || !prediction.urls.stream) {
       return poll(prediction.urls.get, runId);
     }
-    const source = new EventSource(prediction.urls.stream);
+    // progress=1: structured progress events too (off by default, since the official
+    // client refuses event types it does not know).
+    const streamUrl = new URL(prediction.urls.stream, window.location.href);
+    streamUrl.searchParams.set("progress", "1");
+    const source = new EventSource(streamUrl.toString());
     let logs = "";
     let closed = false;
     const close = () => {
