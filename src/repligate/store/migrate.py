@@ -40,11 +40,14 @@ def alembic_config(engine: Engine) -> Config:
 def _declared(tree: ast.Module, name: str) -> set[str]:
     """The revision ids a module-level ``name = ...`` assignment declares."""
     for node in tree.body:
-        target = node.targets[0] if isinstance(node, ast.Assign) else None
-        if isinstance(node, ast.AnnAssign):
-            target = node.target
-        if isinstance(target, ast.Name) and target.id == name and node.value is not None:
-            value = ast.literal_eval(node.value)
+        if isinstance(node, ast.Assign):
+            target, assigned = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, assigned = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id == name:
+            value = ast.literal_eval(assigned)
             if value is None:
                 return set()
             return {value} if isinstance(value, str) else set(value)
