@@ -231,6 +231,11 @@ def run_server(upstream: str, n: int, inbound: str) -> dict[str, Any]:
         "REPLIGATE_UPSTREAM_KEY_CONCURRENCY": str(n),
         "REPLIGATE_UPSTREAM_POLL_MIN_SECONDS": "0.5",
         "REPLIGATE_UPSTREAM_POLL_MAX_SECONDS": "0.5",
+        # The load generator is one API key standing for 1,000 users: lift its own
+        # per-key limits (Replicate's 600 creates / 3,000 reads a minute) so that every
+        # prediction is admitted; the limiter still counts each request.
+        "REPLIGATE_CREATE_RATE_LIMIT": "1000000/minute",
+        "REPLIGATE_READ_RATE_LIMIT": "1000000/minute",
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "repligate.cli", "serve", "--port", str(port)],

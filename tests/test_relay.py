@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -235,4 +236,77 @@ def test_a_relay_only_install_serves_models_without_importing_torch(
         "error": None,
         "routes": ["replicate", "replicate"],
         "torch": False,
+    }
+
+
+SERVE_RELAYED = """
+import json, os, signal, sys, threading, time
+import httpx
+HEAVY = ("torch", "diffusers", "transformers", "onnxruntime", "av", "alembic")
+
+def heavy():
+    return sorted(name for name in HEAVY if sys.modules.get(name) is not None)
+
+def check():
+    from repligate.settings import Settings
+    from repligate.store import db, keys
+    url, found = "http://127.0.0.1:" + sys.argv[1], {}
+    for _ in range(1200):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    found["after_start"] = heavy()
+    with db.make_sessions(db.make_engine(Settings().resolved_database_url()))() as session:
+        _, token = keys.create(session, name="t")
+    auth = {"Authorization": "Bearer " + token}
+    body = httpx.post(url + "/v1/predictions", headers=auth, timeout=60,
+                      json={"version": sys.argv[2], "input": json.loads(sys.argv[3])}).json()
+    while body["status"] not in ("succeeded", "failed", "canceled"):
+        time.sleep(0.05)
+        body = httpx.get(url + "/v1/predictions/" + body["id"], headers=auth).json()
+    found["status"], found["after_prediction"] = body["status"], heavy()
+    print(json.dumps(found), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=check, daemon=True).start()
+from repligate.cli import app
+app(["serve", "--port", sys.argv[1]])
+"""
+
+
+def test_serve_with_every_model_relayed_never_imports_the_ml_stack(
+    upstream: LiveServer, upstream_token: str, tmp_path: Path
+) -> None:
+    """`repligate serve` as `make install` installs it (the ML stack is importable here),
+    every model routed to replicate: neither startup (its migration runs in a child
+    process) nor a relayed prediction loads torch, diffusers, transformers, onnxruntime,
+    av or alembic."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "REPLIGATE_DATA_DIR": str(tmp_path),
+        "REPLIGATE_ROUTE": "replicate",
+        "REPLIGATE_UPSTREAM_URL": f"{upstream.url}/v1",
+        "REPLIGATE_UPSTREAM_TOKENS": upstream_token,
+        "REPLIGATE_UPSTREAM_POLL_MIN_SECONDS": "0.05",
+        "REPLIGATE_UPSTREAM_POLL_MAX_SECONDS": "0.25",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_RELAYED, str(port), SD_REF, json.dumps(FAST_SD_INPUT)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert lines, done.stderr[-3000:]
+    assert json.loads(lines[-1]) == {
+        "after_start": [],
+        "status": "succeeded",
+        "after_prediction": [],
     }

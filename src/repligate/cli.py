@@ -32,11 +32,14 @@ app.add_typer(upstream_app, name="upstream")
 console = Console(stderr=True)
 
 
-def _sessions(settings: Settings) -> sessionmaker[Session]:
+def _sessions(settings: Settings, *, migrate_in_child: bool = False) -> sessionmaker[Session]:
     from repligate.store import db, migrate
 
     engine = db.make_engine(settings.resolved_database_url())
-    migrate.upgrade(engine)
+    if migrate_in_child:  # a long-running server never holds alembic (store/migrate.py)
+        migrate.upgrade_in_child(engine)
+    else:
+        migrate.upgrade(engine)
     return db.make_sessions(engine)
 
 
@@ -56,7 +59,7 @@ def serve(
         settings.host = host
     if port is not None:
         settings.port = port
-    sessions = _sessions(settings)
+    sessions = _sessions(settings, migrate_in_child=True)
     with sessions() as session:
         if keys.count_active(session) == 0:
             _, token = keys.create(session, name="default")

@@ -343,8 +343,11 @@ class PredictionService:
                 remaining = deadline - loop.time()
                 if prediction.status.is_terminal or remaining <= 0 or self._stopping:
                     break
+                # A timeout scope, not wait_for: on 3.11 wait_for wraps each wait in a new
+                # task, and a thousand waiters would make a thousand tasks a second.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, _WAIT_POLL_SECONDS))
+                    async with asyncio.timeout(min(remaining, _WAIT_POLL_SECONDS)):
+                        await event.wait()
                 event.clear()
         finally:
             self._notifier.unsubscribe(prediction.id, event)

@@ -37,5 +37,10 @@ async def limit_creates(request: Request, key: CurrentKey) -> None:
     # ``key`` first: a bad token is a 401 before anything is counted.
     limits = await _hit(request, "create")
     limiter = container(request).limiter
-    if limits is not None and limiter is not None:
+    # Only a quota or a cap needs the database (a thread); without them a burst of
+    # creates would queue a thread hop each for nothing.
+    capped = limits is not None and (
+        limits.prediction_quota is not None or limits.max_concurrent is not None
+    )
+    if capped and limits is not None and limiter is not None:
         await in_thread(limiter.admit, limits)
