@@ -36,12 +36,13 @@ from repligate.api import metrics as metrics_api
 from repligate.api import streams as streams_api
 from repligate.api import webhooks as webhooks_api
 from repligate.api.limits import limit_reads
-from repligate.bus import EventBus, InProcessBus
+from repligate.bus import EventBus, EventKind, InProcessBus, PredictionEvent, local_only
 from repligate.clock import Clock, SystemClock
 from repligate.deadlines import DeadlineWatcher
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
 from repligate.file_inputs import FileInputs
+from repligate.lifecycle import Status
 from repligate.links import WebLinks, load_secret
 from repligate.metrics import Metrics
 from repligate.models import all_models
@@ -167,8 +168,9 @@ def build_container(
         provider = LocalProvider(
             lambda: runner_env_factory(settings, fetcher, metrics.pipeline_loaded)
         )
-    bus = InProcessBus()
-    bus.subscribe(metrics.on_event)
+    bus = build_bus(settings)
+    # Counting subscribers take only this process's events; the others hear them all.
+    bus.subscribe(local_only(metrics.on_event))
     notifier = CompletionNotifier()
     bus.subscribe(notifier.on_event)
     transitions = Transitions(sessions, bus, clock)
@@ -197,6 +199,7 @@ def build_container(
         )
     else:
         built_queue = queue(executor.execute, flags)
+    bus.subscribe(remote_cancels(built_queue))
     sender = WebhookSender.from_settings(settings)
     deadlines = DeadlineWatcher(transitions, built_queue, clock)
     service = PredictionService(
@@ -213,6 +216,8 @@ def build_container(
         deadlines=deadlines,
         relay=relay,
         upstream_create_wait=settings.upstream_create_wait_seconds,
+        # With a cross-process bus, a finish anywhere wakes the waiter: no polling.
+        wait_poll_seconds=None if settings.event_bus_url else 1.0,
     )
     links = WebLinks(secret, settings.web_link_ttl_seconds)
     webhooks = WebhookDeliverer(
@@ -223,7 +228,7 @@ def build_container(
         retry_seconds=settings.webhook_retry_seconds,
         workers=settings.webhook_workers,
     )
-    bus.subscribe(webhooks.on_event)
+    bus.subscribe(local_only(webhooks.on_event))
     webhooks.on_attempt = metrics.webhook_tried
     streams = StreamHub()
     bus.subscribe(streams.on_event)
@@ -238,7 +243,7 @@ def build_container(
         cache_seconds=settings.key_limits_cache_seconds,
     )
     usage = UsageRecorder(sessions, storage, registry)
-    bus.subscribe(usage.on_event)
+    bus.subscribe(local_only(usage.on_event))
     sweeper = Sweeper(
         sessions=sessions,
         transitions=transitions,
@@ -270,6 +275,30 @@ def build_container(
         relay=relay,
         metrics=metrics,
     )
+
+
+def build_bus(settings: Settings) -> EventBus:
+    if settings.event_bus_url is None:
+        return InProcessBus()
+    from repligate.bus_redis import RedisBus
+
+    return RedisBus(settings.event_bus_url, channel=settings.event_bus_channel)
+
+
+def remote_cancels(queue: Queue) -> Callable[[PredictionEvent], None]:
+    """A cancel asked of another process reaches this one as that process's
+    ``completed`` event with status ``canceled``: the worker running it here stops at its
+    next step (its own final write loses the compare-and-set)."""
+
+    def on_event(event: PredictionEvent) -> None:
+        if (
+            not event.local
+            and event.kind is EventKind.COMPLETED
+            and event.prediction.status is Status.CANCELED
+        ):
+            queue.cancel(event.prediction.id)
+
+    return on_event
 
 
 def _webhook_body(settings: Settings, storage: Storage, links: WebLinks) -> Render:
@@ -359,6 +388,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
             if container.usage is not None:
                 await asyncio.to_thread(container.usage.close)
             container.service.close()
+            container.bus.close()
             container.engine.dispose()
 
     app = FastAPI(title="repligate", version=__version__, lifespan=lifespan)

@@ -38,6 +38,10 @@ class EventKind(StrEnum):
 class PredictionEvent:
     kind: EventKind
     prediction: Prediction
+    # True when the write happened in this process; False when a cross-process bus
+    # brought it from another one (bus_redis.py). Counting subscribers (metrics, usage,
+    # the webhook outbox) take only local ones, so each event is counted once.
+    local: bool = True
 
 
 Subscriber = Callable[[PredictionEvent], None]
@@ -48,6 +52,19 @@ class EventBus(Protocol):
 
     def publish(self, event: PredictionEvent) -> None: ...
 
+    def close(self) -> None: ...
+
+
+def local_only(subscriber: Subscriber) -> Subscriber:
+    """A subscriber that hears only the events written in its own process (those that
+    count something: another process counts its own)."""
+
+    def on_local(event: PredictionEvent) -> None:
+        if event.local:
+            subscriber(event)
+
+    return on_local
+
 
 class InProcessBus:
     def __init__(self) -> None:
@@ -57,6 +74,9 @@ class InProcessBus:
     def subscribe(self, subscriber: Subscriber) -> None:
         with self._lock:
             self._subscribers = [*self._subscribers, subscriber]
+
+    def close(self) -> None:
+        pass
 
     def publish(self, event: PredictionEvent) -> None:
         # The list is replaced, never mutated, so reading it needs no lock.

@@ -107,6 +107,7 @@ class PredictionService:
         deadlines: DeadlineWatcher | None = None,
         relay: RelayScheduler | None = None,
         upstream_create_wait: float = 10.0,
+        wait_poll_seconds: float | None = _WAIT_POLL_SECONDS,
     ) -> None:
         self._sessions = sessions
         self.registry = registry
@@ -124,6 +125,9 @@ class PredictionService:
         self._stopping = False
         self._relay = relay
         self._upstream_create_wait = upstream_create_wait
+        # How often a `Prefer: wait` reads the row again, for a finish in another process
+        # that no event told of. None: never in between (a cross-process bus tells it).
+        self._wait_poll_seconds = wait_poll_seconds
         self._reads_inline = db.reads_inline(sessions)
         self._kept = db.KeptConnection(sessions)
 
@@ -346,7 +350,8 @@ class PredictionService:
                 # A timeout scope, not wait_for: on 3.11 wait_for wraps each wait in a new
                 # task, and a thousand waiters would make a thousand tasks a second.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(remaining, _WAIT_POLL_SECONDS)):
+                    poll = self._wait_poll_seconds
+                    async with asyncio.timeout(remaining if poll is None else min(remaining, poll)):
                         await event.wait()
                 event.clear()
         finally:

@@ -119,6 +119,12 @@ class Settings(BaseSettings):
     # Where the counts live: memory:// (this process) or redis://host:6379/0 (shared by
     # every API process; needs the redis client package).
     rate_limit_storage_url: str = "memory://"
+    # The event bus (bus.py): unset, events stay in this process (the embedded default);
+    # redis://host:6379/0, every API process and worker hears the others' events
+    # (bus_redis.py): waiters and streams wake, cancels reach the worker running it.
+    event_bus_url: str | None = None
+    # The pub/sub channel: one per deployment sharing a Redis.
+    event_bus_channel: str = "repligate:events"
     # A key's own limits are read from the database at most this often per process.
     key_limits_cache_seconds: float = Field(default=5.0, ge=0)
     # Inputs, outputs (and their files) and logs of predictions that finished longer ago
