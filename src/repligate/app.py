@@ -280,8 +280,12 @@ def build_container(
 def build_bus(settings: Settings) -> EventBus:
     if settings.event_bus_url is None:
         return InProcessBus()
-    from repligate.bus_redis import RedisBus
-
+    try:
+        from repligate.bus_redis import RedisBus
+    except ImportError as error:
+        raise RuntimeError(
+            "REPLIGATE_EVENT_BUS_URL needs the redis package: pip install 'repligate[redis]'"
+        ) from error
     return RedisBus(settings.event_bus_url, channel=settings.event_bus_channel)
 
 
