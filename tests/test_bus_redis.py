@@ -212,3 +212,11 @@ def test_the_in_process_bus_is_unchanged_and_local_only_filters() -> None:
     assert mine.local
     assert heard == [mine, theirs]
     assert counted == [mine]
+
+
+def test_an_unreachable_bus_stops_the_start_saying_where(tmp_path: Path) -> None:
+    from repligate.app import build_container
+
+    settings = Settings(data_dir=tmp_path / "data", event_bus_url="redis://127.0.0.1:1/0")
+    with pytest.raises(redis.ConnectionError, match=r"127\.0\.0\.1:1\b"):
+        build_container(settings)
