@@ -169,3 +169,57 @@ def test_two_processes_racing_to_claim_each_prediction_one_wins(postgres_url: st
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _ready(port: int) -> dict[str, object] | None:
+    import json
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=10) as response:
+            body: dict[str, object] = json.loads(response.read())
+            return body
+    except OSError:
+        return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads parents from /proc")
+def test_serve_with_two_workers_answers_from_two_processes_on_one_port(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _env(tmp_path / "data", None)
+    server = subprocess.Popen(
+        _cli("serve", "--workers", "2", "--port", str(port)),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pids: set[int] = set()
+        for _ in range(600):  # a start on a busy machine: up to a minute or so
+            body = _ready(port)
+            if body is not None:
+                assert body["status"] == "ready"
+                pids.add(int(str(body["pid"])))
+                if len(pids) == 2:
+                    break
+            else:
+                assert server.poll() is None, "serve exited"
+                threading.Event().wait(0.1)
+        assert len(pids) == 2
+        assert server.pid not in pids
+        assert {_parent_of(pid) for pid in pids} == {server.pid}
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
