@@ -76,9 +76,9 @@ def test_a_server_told_not_to_migrate_refuses_a_behind_database(
     settings: Settings, tmp_path: Path
 ) -> None:
     settings.migrate_on_start = False
-    with pytest.raises(migrate.PendingMigrations, match="run `repligate migrate` first"):
-        with TestClient(create_app(settings)):
-            pass
+    refused = pytest.raises(migrate.PendingMigrations, match="run `repligate migrate` first")
+    with refused, TestClient(create_app(settings)):
+        pass
     # The CLI says so, exits 1, and leaves the database untouched.
     data_dir = tmp_path / "cli-data"
     env = _env(data_dir, None, REPLIGATE_MIGRATE_ON_START="false")
