@@ -28,6 +28,7 @@ from repligate.api import (
     pages,
     playground,
     predictions,
+    ready,
     relay_webhooks,
     uploads,
     web,
@@ -149,7 +150,7 @@ def build_container(
 ) -> Container:
     """Wire the server. Each backend can be given (the fakes in ``repligate.testing``);
     otherwise the embedded defaults are built from ``settings``."""
-    engine = db.make_engine(settings.resolved_database_url())
+    engine = db.make_engine(settings.resolved_database_url(), settings.pool_options())
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
     storage = storage or LocalStorage(settings.files_dir)
@@ -361,7 +362,10 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        migrate.upgrade(container.engine)
+        if container.settings.migrate_on_start:
+            migrate.upgrade(container.engine)
+        else:
+            migrate.refuse_if_pending(container.engine)
         container.queue.start()
         if container.relay is not None:
             container.relay.start()
@@ -410,6 +414,7 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
     app.include_router(pages.router)
     app.include_router(playground.router)
     app.include_router(health.router)
+    app.include_router(ready.router)
     app.include_router(metrics_api.router)
     app.include_router(relay_webhooks.router)
     app.include_router(openai_images.router, prefix="/v1")

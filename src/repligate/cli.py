@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -32,11 +33,15 @@ app.add_typer(upstream_app, name="upstream")
 console = Console(stderr=True)
 
 
-def _sessions(settings: Settings, *, migrate_in_child: bool = False) -> sessionmaker[Session]:
+def _sessions(
+    settings: Settings, *, migrate_in_child: bool = False, refuse_pending: bool = False
+) -> sessionmaker[Session]:
     from repligate.store import db, migrate
 
-    engine = db.make_engine(settings.resolved_database_url())
-    if migrate_in_child:  # a long-running server never holds alembic (store/migrate.py)
+    engine = db.make_engine(settings.resolved_database_url(), settings.pool_options())
+    if refuse_pending:
+        migrate.refuse_if_pending(engine)
+    elif migrate_in_child:  # a long-running server never holds alembic (store/migrate.py)
         migrate.upgrade_in_child(engine)
     else:
         migrate.upgrade(engine)
@@ -47,6 +52,15 @@ def _sessions(settings: Settings, *, migrate_in_child: bool = False) -> sessionm
 def serve(
     host: Annotated[str | None, typer.Option(help="Interface to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="API processes sharing the port. Each runs its own in-process prediction "
+            "workers (so N processes run up to N predictions at once, each loading its "
+            "models); use PostgreSQL with more than one.",
+        ),
+    ] = 1,
 ) -> None:
     """Start the API server with in-process workers."""
 
@@ -59,7 +73,15 @@ def serve(
         settings.host = host
     if port is not None:
         settings.port = port
-    sessions = _sessions(settings, migrate_in_child=True)
+    from repligate.store.migrate import PendingMigrations
+
+    try:
+        sessions = _sessions(
+            settings, migrate_in_child=True, refuse_pending=not settings.migrate_on_start
+        )
+    except PendingMigrations as exc:
+        console.print(f"[bold red]refusing to start:[/bold red] {exc}")
+        raise typer.Exit(code=1) from None
     with sessions() as session:
         if keys.count_active(session) == 0:
             _, token = keys.create(session, name="default")
@@ -69,8 +91,16 @@ def serve(
     url = settings.public_base_url or f"http://{settings.host}:{settings.port}"
     console.print(f"repligate listening on [bold]{url}[/bold]  (data in {settings.data_dir})")
     console.print(f"  try: curl {url}/health")
-    from repligate.serving import Server, uvicorn_config
+    from repligate.serving import Server, run_workers, uvicorn_config
 
+    if workers > 1:
+        # The processes read their settings from the environment, as this one did.
+        os.environ["REPLIGATE_HOST"] = settings.host
+        os.environ["REPLIGATE_PORT"] = str(settings.port)
+        run_workers(
+            host=settings.host, port=settings.port, workers=workers, access_log=settings.access_log
+        )
+        return
     application = create_app(settings)
     config = uvicorn_config(
         application, host=settings.host, port=settings.port, access_log=settings.access_log

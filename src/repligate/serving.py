@@ -28,3 +28,28 @@ class Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._on_exit()
         super().handle_exit(sig, frame)
+
+
+def app_from_environment() -> Any:
+    """The app for one of ``repligate serve --workers N``'s processes, built from the
+    environment (uvicorn imports this factory in each process it starts)."""
+    from repligate.app import create_app
+    from repligate.settings import Settings
+
+    return create_app(Settings())
+
+
+def run_workers(*, host: str, port: int, workers: int, access_log: bool) -> None:
+    """``workers`` API processes sharing one listening socket, under uvicorn's supervisor
+    (which restarts one that dies). Each builds its own app, with its own in-process
+    queue workers. Unlike the single-process server, a SIGTERM does not release
+    ``Prefer: wait`` requests early: each process finishes them (at most the wait)."""
+    uvicorn.run(
+        "repligate.serving:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=access_log,
+    )

@@ -33,6 +33,17 @@ class Settings(BaseSettings):
     # usually keeps its own).
     access_log: bool = False
 
+    # Database processes (scale-out). False: this process never migrates; it refuses to
+    # start while migrations are pending, and the operator runs `repligate migrate`.
+    migrate_on_start: bool = True
+    # PostgreSQL connection pool, per process (SQLite needs none of these).
+    db_pool_size: int = Field(default=10, ge=1)
+    db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_timeout: float = Field(default=30.0, gt=0)
+    # Seconds before a pooled connection is replaced (-1: never); pre-ping checks each one.
+    db_pool_recycle: int = Field(default=1800, ge=-1)
+    db_pool_pre_ping: bool = True
+
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     list_page_size: int = Field(default=100, ge=1, le=1000)
     # Seconds a Prefer: wait request holds when no number is given (Replicate: 60).
@@ -199,6 +210,16 @@ class Settings(BaseSettings):
         if value in ("open", "off") or (value.startswith("token:") and len(value) > 6):
             return value
         raise ValueError('REPLIGATE_METRICS is "open", "off" or "token:SECRET"')
+
+    def pool_options(self) -> dict[str, object]:
+        """``db.make_engine``'s pool keywords (used on PostgreSQL only)."""
+        return {
+            "pool_size": self.db_pool_size,
+            "max_overflow": self.db_max_overflow,
+            "pool_timeout": self.db_pool_timeout,
+            "pool_recycle": self.db_pool_recycle,
+            "pool_pre_ping": self.db_pool_pre_ping,
+        }
 
     def resolved_database_url(self) -> str:
         if self.database_url:

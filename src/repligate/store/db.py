@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 Db = Session | Connection
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool: dict[str, object] | None = None) -> Engine:
+    """``pool``: the server's pool settings (``Settings.pool_options``), for a database
+    across a network; SQLite ignores them."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -43,7 +45,8 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    options: dict[str, Any] = {"pool_pre_ping": True, **(pool or {})}
+    return create_engine(url, **options)
 
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:

@@ -11,9 +11,12 @@ server never holds it.
 from __future__ import annotations
 
 import ast
+import fcntl
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,12 +84,65 @@ def pending(engine: Engine) -> bool:
     return database_revisions(engine) != script_heads()
 
 
+# Any fixed 64-bit number; every repligate process takes the same one.
+_ADVISORY_LOCK_KEY = 0x7265706C69676174  # "repligat"
+
+
+class PendingMigrations(RuntimeError):
+    """The database is behind the code and this process may not migrate it."""
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held by one process at a time around an upgrade, so processes started together
+    never race to create the same tables: a PostgreSQL advisory lock (released with its
+    connection, even if the process dies), or an ``flock`` on a file beside a SQLite
+    database. The others wait, then find nothing pending."""
+    backend = engine.url.get_backend_name()
+    database = engine.url.database
+    if backend == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": _ADVISORY_LOCK_KEY}
+                )
+                connection.commit()
+        return
+    if backend == "sqlite" and database and database != ":memory:":
+        with open(f"{database}.migrate-lock", "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    yield  # an in-memory database is private to this process
+
+
 def upgrade(engine: Engine) -> None:
     if not pending(engine):
         return
-    from alembic import command
+    with migration_lock(engine):
+        if not pending(engine):  # another process migrated while this one waited
+            return
+        from alembic import command
 
-    command.upgrade(alembic_config(engine), "head")
+        command.upgrade(alembic_config(engine), "head")
+
+
+def refuse_if_pending(engine: Engine) -> None:
+    """For a process told not to migrate (``REPLIGATE_MIGRATE_ON_START=false``)."""
+    if pending(engine):
+        at = ", ".join(sorted(database_revisions(engine))) or "empty"
+        head = ", ".join(sorted(script_heads()))
+        raise PendingMigrations(
+            f"the database schema is behind this version of repligate (database at {at}, "
+            f"code at {head}) and REPLIGATE_MIGRATE_ON_START is false: "
+            "run `repligate migrate` first"
+        )
 
 
 def upgrade_in_child(engine: Engine) -> None:

@@ -64,6 +64,7 @@ class PredictionRow(Base):
         Index("ix_predictions_key_created", "api_key_id", "created_at", "id"),
         Index("ix_predictions_status", "status"),
         Index("ix_predictions_completed", "completed_at"),
+        Index("ix_predictions_key_status", "api_key_id", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
