@@ -9,12 +9,10 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -29,9 +27,11 @@ from repligate.testing.live_server import LiveServer
 from tests.conftest import FAST_SD_INPUT, SD_REF
 from tests.fake_app import fake_app
 from tests.operator_helpers import lean_settings, png
+from tests.s3_server import BUCKET, keys, s3_client, s3_endpoint, s3_object
+
+__all__ = ["s3_endpoint"]  # the fixture, used by name
 from tests.sd_family import IMG2IMG_REF, noise_image
 
-BUCKET = "repligate-test"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PUBLIC_READ = {
     "Version": "2012-10-17",
@@ -44,57 +44,6 @@ PUBLIC_READ = {
         }
     ],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """moto's S3 server on a free loopback port, with one bucket; AWS credentials for it
-    in the environment, as an operator's would be (boto3's default chain reads them)."""
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError as missing:
-        pytest.skip(f"moto[server] is not installed ({missing}): no S3 to test against")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            env.delenv(name, raising=False)
-        port = _free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        try:
-            server.start()
-        except Exception as failure:  # any failure to start means: no S3 here
-            pytest.skip(f"moto's S3 server could not start: {failure!r}")
-        endpoint = f"http://127.0.0.1:{port}"
-        try:
-            _s3(endpoint).create_bucket(Bucket=BUCKET)
-            yield endpoint
-        finally:
-            server.stop()
-
-
-def _s3(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-
-def _keys(endpoint: str, prefix: str) -> list[str]:
-    listed = _s3(endpoint).list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-    return sorted(item["Key"] for item in listed.get("Contents", []))
-
-
-def _object(endpoint: str, key: str) -> tuple[bytes, str]:
-    found = _s3(endpoint).get_object(Bucket=BUCKET, Key=key)
-    return found["Body"].read(), found["ContentType"]
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +84,8 @@ def test_an_sd_output_lands_in_the_bucket_and_the_official_client_downloads_it(
     # Proxied: the output URL is the API's own /files/ URL, as with local storage.
     assert url.startswith(f"{live.url}/files/predictions/")
     key = "team/live/" + url.split("/files/", 1)[1]
-    assert key in _keys(s3_endpoint, "team/live/predictions/")
-    stored, content_type = _object(s3_endpoint, key)
+    assert key in keys(s3_endpoint, "team/live/predictions/")
+    stored, content_type = s3_object(s3_endpoint, key)
     assert content_type == "image/png"
     assert stored.startswith(PNG_MAGIC)
     # Nothing was written to the local disk.
@@ -168,9 +117,9 @@ def test_an_upload_lands_in_the_bucket_works_as_an_input_and_goes_when_deleted(
     # img2img keeps the input's size: the uploaded picture, read back from S3, was the input.
     assert Image.open(io.BytesIO(picture.content)).size == (96, 64)
     [uploaded] = client.files.list()
-    upload_keys = [k for k in _keys(s3_endpoint, "team/live/uploads/") if uploaded.id in k]
+    upload_keys = [k for k in keys(s3_endpoint, "team/live/uploads/") if uploaded.id in k]
     assert len(upload_keys) == 1
-    stored, content_type = _object(s3_endpoint, upload_keys[0])
+    stored, content_type = s3_object(s3_endpoint, upload_keys[0])
     assert stored == path.read_bytes()
     assert content_type == "image/png"
     # Served back through the files API, from the bucket.
@@ -180,7 +129,7 @@ def test_an_upload_lands_in_the_bucket_works_as_an_input_and_goes_when_deleted(
     assert fetched.status_code == 200 and fetched.content == path.read_bytes()
 
     client.files.delete(uploaded.id)
-    assert [k for k in _keys(s3_endpoint, "team/live/uploads/") if uploaded.id in k] == []
+    assert [k for k in keys(s3_endpoint, "team/live/uploads/") if uploaded.id in k] == []
 
 
 def test_public_base_url_links_outputs_to_the_bucket_and_retention_removes_them(
@@ -190,7 +139,7 @@ def test_public_base_url_links_outputs_to_the_bucket_and_retention_removes_them(
     provider = ScriptedProvider(returns=[OutputFile("out-0.png", picture, "image/png")])
     public = f"{s3_endpoint}/{BUCKET}"
     # What an operator does for public URLs: let anyone read the prefix.
-    _s3(s3_endpoint).put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(PUBLIC_READ))
+    s3_client(s3_endpoint).put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(PUBLIC_READ))
     settings = lean_settings(
         tmp_path,
         monkeypatch,
@@ -208,7 +157,7 @@ def test_public_base_url_links_outputs_to_the_bucket_and_retention_removes_them(
         [url] = prediction["output"]
         key = f"public/predictions/{created['id']}/out-0.png"
         assert url == f"{public}/{key}"
-        assert _object(s3_endpoint, key) == (picture, "image/png")
+        assert s3_object(s3_endpoint, key) == (picture, "image/png")
         # Straight from the bucket, no API in between.
         fetched = httpx.get(url, timeout=30)
         assert fetched.status_code == 200 and fetched.content == picture
@@ -216,7 +165,7 @@ def test_public_base_url_links_outputs_to_the_bucket_and_retention_removes_them(
         app.clock.advance(3601)
         assert app.container.sweeper is not None
         assert app.container.sweeper.run_once().predictions_cleared == 1
-        assert _keys(s3_endpoint, f"public/predictions/{created['id']}/") == []
+        assert keys(s3_endpoint, f"public/predictions/{created['id']}/") == []
         assert httpx.get(url, timeout=30).status_code == 404
 
 
