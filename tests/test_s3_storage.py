@@ -213,3 +213,29 @@ def test_a_server_on_local_storage_never_imports_boto3(tmp_path: Path) -> None:
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "[]"
+
+
+def test_a_missing_bucket_is_a_clear_503_and_a_big_upload_still_413(
+    s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = lean_settings(
+        tmp_path,
+        monkeypatch,
+        storage="s3",
+        s3_bucket="no-such-bucket",
+        s3_endpoint_url=s3_endpoint,
+        files_max_bytes=1000,
+    )
+    with fake_app(settings, ScriptedProvider(), inline=True) as app:
+        got = app.client.get("/files/predictions/p1/out-0.png")
+        assert got.status_code == 503
+        assert got.json()["title"] == "Storage unavailable"
+        assert "no-such-bucket" in got.json()["detail"] or "NoSuchBucket" in got.json()["detail"]
+        small = app.client.post(
+            "/v1/files", files={"content": ("a.txt", b"hello", "text/plain")}, headers=app.auth
+        )
+        assert small.status_code == 503, small.text
+        big = app.client.post(
+            "/v1/files", files={"content": ("b.bin", b"x" * 5000, "text/plain")}, headers=app.auth
+        )
+        assert big.status_code == 413, big.text

@@ -18,9 +18,12 @@ URL names, and S3 refuses a presigned request that also carries an Authorization
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, BinaryIO, cast
 from urllib.parse import quote
 
+from repligate.errors import StorageUnavailable
 from repligate.storage.base import Readable, reference
 
 # Part size for streamed uploads (multipart above it); S3's minimum part is 5 MiB.
@@ -47,6 +50,18 @@ class S3Object(io.RawIOBase):
         if not self.closed:
             self._body.close()
         super().close()
+
+
+@contextmanager
+def _answered(action: str, key: str) -> Iterator[None]:
+    """S3 not reachable, or refusing (no bucket, no rights): a clear 503, not a bare 500."""
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError, Boto3Error) as failure:
+        raise StorageUnavailable(f"storage could not {action} {key}: {failure}") from failure
 
 
 class S3Storage:
@@ -88,34 +103,40 @@ class S3Storage:
         return self.prefix + key
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
-        self.client.put_object(
-            Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type
-        )
+        with _answered("write", key):
+            self.client.put_object(
+                Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type
+            )
         return reference(key)
 
     def put_file(self, key: str, source: Readable, content_type: str) -> str:
         from boto3.s3.transfer import TransferConfig
 
         # Streamed in parts: an upload is never held whole in memory.
-        self.client.upload_fileobj(
-            source,
-            self.bucket,
-            self.object_key(key),
-            ExtraArgs={"ContentType": content_type},
-            Config=TransferConfig(multipart_threshold=_PART_BYTES, multipart_chunksize=_PART_BYTES),
-        )
+        with _answered("write", key):
+            self.client.upload_fileobj(
+                source,
+                self.bucket,
+                self.object_key(key),
+                ExtraArgs={"ContentType": content_type},
+                Config=TransferConfig(
+                    multipart_threshold=_PART_BYTES, multipart_chunksize=_PART_BYTES
+                ),
+            )
         return reference(key)
 
     def open(self, key: str) -> BinaryIO:
-        try:
-            found = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
-        except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(key) from None
+        with _answered("read", key):
+            try:
+                found = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+            except self.client.exceptions.NoSuchKey:
+                raise FileNotFoundError(key) from None
         return cast(BinaryIO, S3Object(found["Body"], found.get("ContentLength")))
 
     def delete(self, key: str) -> None:
         # S3 answers a delete of a missing object with success, as the interface wants.
-        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+        with _answered("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def url(self, key: str, base_url: str) -> str:
         if self.public_base_url is not None:
