@@ -53,7 +53,7 @@ class S3Object(io.RawIOBase):
 
 
 @contextmanager
-def _answered(action: str, key: str) -> Iterator[None]:
+def _answered(action: str) -> Iterator[None]:
     """S3 not reachable, or refusing (no bucket, no rights): a clear 503, not a bare 500."""
     from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
@@ -61,7 +61,8 @@ def _answered(action: str, key: str) -> Iterator[None]:
     try:
         yield
     except (BotoCoreError, ClientError, Boto3Error) as failure:
-        raise StorageUnavailable(f"storage could not {action} {key}: {failure}") from failure
+        # Not the key in the message: an upload's key holds its secret part.
+        raise StorageUnavailable(f"storage could not {action} an object: {failure}") from failure
 
 
 class S3Storage:
@@ -93,8 +94,14 @@ class S3Storage:
         from botocore.config import Config
 
         # Path-style addressing: S3-compatible stores on a plain host (MinIO, moto, a
-        # private endpoint) rarely answer on bucket subdomains.
-        config = Config(s3={"addressing_style": "path"}) if endpoint_url else None
+        # private endpoint) rarely answer on bucket subdomains. Short connect timeout: a
+        # store that is down answers 503 in seconds rather than holding requests a minute.
+        config = Config(
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+            s3={"addressing_style": "path"} if endpoint_url else None,
+        )
         client = boto3.session.Session().client("s3", endpoint_url=endpoint_url, config=config)
         return cls(client, bucket, prefix=prefix, public_base_url=public_base_url)
 
@@ -103,7 +110,7 @@ class S3Storage:
         return self.prefix + key
 
     def put(self, key: str, data: bytes, content_type: str) -> str:
-        with _answered("write", key):
+        with _answered("write"):
             self.client.put_object(
                 Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType=content_type
             )
@@ -113,7 +120,7 @@ class S3Storage:
         from boto3.s3.transfer import TransferConfig
 
         # Streamed in parts: an upload is never held whole in memory.
-        with _answered("write", key):
+        with _answered("write"):
             self.client.upload_fileobj(
                 source,
                 self.bucket,
@@ -126,7 +133,7 @@ class S3Storage:
         return reference(key)
 
     def open(self, key: str) -> BinaryIO:
-        with _answered("read", key):
+        with _answered("read"):
             try:
                 found = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
             except self.client.exceptions.NoSuchKey:
@@ -135,7 +142,7 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         # S3 answers a delete of a missing object with success, as the interface wants.
-        with _answered("delete", key):
+        with _answered("delete"):
             self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
 
     def url(self, key: str, base_url: str) -> str:
