@@ -1,5 +1,5 @@
-"""The Storage interface, the same for every backend: the local disk and the in-memory fake
-that ``repligate.testing`` ships."""
+"""The Storage interface, the same for every backend: the local disk, the in-memory fake
+that ``repligate.testing`` ships, and S3 (moto's server over HTTP)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,21 @@ import pytest
 from repligate.storage.base import SCHEME, Storage, resolve_output
 from repligate.storage.local import LocalStorage
 from repligate.testing.fakes_storage import InMemoryStorage
+from tests.s3_server import BUCKET, s3_endpoint
+
+__all__ = ["s3_endpoint"]  # the fixture, used by name
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if request.param == "local":
         return LocalStorage(tmp_path / "files")
+    if request.param == "s3":
+        from repligate.storage.s3 import S3Storage
+
+        endpoint = request.getfixturevalue("s3_endpoint")
+        # A prefix of its own per test: the bucket is shared by the module.
+        return S3Storage.connect(BUCKET, prefix=tmp_path.name, endpoint_url=endpoint)
     return InMemoryStorage()
 
 

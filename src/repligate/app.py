@@ -153,7 +153,7 @@ def build_container(
     engine = db.make_engine(settings.resolved_database_url(), settings.pool_options())
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
-    storage = storage or LocalStorage(settings.files_dir)
+    storage = storage or _storage(settings)
     clock = clock or SystemClock()
     secret = load_secret(settings)
     upload_service = UploadService.from_settings(settings, sessions, storage, secret, clock)
@@ -276,6 +276,21 @@ def build_container(
         relay=relay,
         metrics=metrics,
     )
+
+
+def _storage(settings: Settings) -> Storage:
+    if settings.storage == "s3":
+        if not settings.s3_bucket:
+            raise ValueError("REPLIGATE_STORAGE=s3 needs REPLIGATE_S3_BUCKET")
+        from repligate.storage.s3 import S3Storage  # boto3 only where S3 is configured
+
+        return S3Storage.connect(
+            settings.s3_bucket,
+            prefix=settings.s3_prefix,
+            endpoint_url=settings.s3_endpoint_url,
+            public_base_url=settings.s3_public_base_url,
+        )
+    return LocalStorage(settings.files_dir)
 
 
 def build_bus(settings: Settings) -> EventBus:

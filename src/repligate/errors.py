@@ -90,3 +90,9 @@ class ModelUnavailable(RepligateError):
 
 class PredictionFailure(Exception):
     """A prediction failed for a reason its message explains in full: no traceback."""
+
+
+class StorageUnavailable(RepligateError):
+    """The object store (S3) did not answer, or refused: the operator's side, not the user's."""
+
+    title = "Storage unavailable"

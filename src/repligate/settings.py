@@ -211,6 +211,19 @@ class Settings(BaseSettings):
             return value
         raise ValueError('REPLIGATE_METRICS is "open", "off" or "token:SECRET"')
 
+    # Where outputs and uploads are kept: "local" (files under data_dir) or "s3" (a bucket;
+    # credentials and region from the usual AWS settings, see storage/s3.py).
+    storage: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="An S3-compatible store (MinIO, R2, ...); default AWS"
+    )
+    s3_public_base_url: str | None = Field(
+        default=None,
+        description="Outputs link here (public bucket or CDN) instead of /files/ on the API",
+    )
+
     def pool_options(self) -> dict[str, object]:
         """``db.make_engine``'s pool keywords (used on PostgreSQL only)."""
         return {

@@ -19,6 +19,7 @@ from repligate.errors import (
     ModelUnavailable,
     NotFound,
     RepligateError,
+    StorageUnavailable,
 )
 from repligate.ratelimit import QuotaExhausted, Throttled, TooManyRunning
 
@@ -47,6 +48,7 @@ STATUS_BY_ERROR: list[tuple[type[RepligateError], int]] = [
     (Throttled, 429),
     (TooManyRunning, 429),
     (QuotaExhausted, 402),
+    (StorageUnavailable, 503),
 ]
 
 

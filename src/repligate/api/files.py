@@ -39,10 +39,15 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
 def _load(storage: Storage, key: str) -> tuple[bytes | None, BinaryIO | None, int | None]:
     """(the bytes of a small object, else the open stream, and its size when known)."""
     stream = storage.open(key)
-    if not stream.seekable():
-        return None, stream, None
-    size = stream.seek(0, os.SEEK_END)
-    stream.seek(0)
+    if stream.seekable():
+        size = stream.seek(0, os.SEEK_END)
+        stream.seek(0)
+    else:
+        # A remote object (S3) cannot seek, but knows its size from the response.
+        known: int | None = getattr(stream, "size", None)
+        if known is None:
+            return None, stream, None
+        size = known
     if size > SMALL_FILE_BYTES:
         return None, stream, size
     with stream:
