@@ -380,7 +380,7 @@ def test_gated_flux_dev_says_which_token_to_set(
 ) -> None:
     import diffusers
 
-    from repligate.app import runner_env_factory
+    from repligate.backends import runner_env_factory
     from repligate.fetch import Fetcher
     from repligate.models.flux_dev_lora import MODEL
     from repligate.runners.weights import WeightsUnavailable

@@ -11,13 +11,13 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from repligate import __version__
+from repligate import __version__, backends
 from repligate.api import (
     account,
     errors,
@@ -37,13 +37,12 @@ from repligate.api import metrics as metrics_api
 from repligate.api import streams as streams_api
 from repligate.api import webhooks as webhooks_api
 from repligate.api.limits import limit_reads
-from repligate.bus import EventBus, EventKind, InProcessBus, PredictionEvent, local_only
+from repligate.bus import EventBus, local_only
 from repligate.clock import Clock, SystemClock
 from repligate.deadlines import DeadlineWatcher
 from repligate.execution import Executor
 from repligate.fetch import Fetcher
 from repligate.file_inputs import FileInputs
-from repligate.lifecycle import Status
 from repligate.links import WebLinks, load_secret
 from repligate.metrics import Metrics
 from repligate.models import all_models
@@ -53,21 +52,18 @@ from repligate.providers.local import LocalProvider
 from repligate.queue.base import CancelFlags, Queue
 from repligate.queue.inprocess import InProcessQueue
 from repligate.ratelimit import KeyLimiter
-from repligate.records import Prediction
 from repligate.registry import Registry
 from repligate.retention import Sweeper
-from repligate.runners.base import RunnerEnv
 from repligate.service import PredictionService
 from repligate.settings import Settings
 from repligate.storage.base import Storage
-from repligate.storage.local import LocalStorage
 from repligate.store import db, migrate
 from repligate.streams import StreamHub
 from repligate.transitions import Transitions
 from repligate.uploads import UploadService
 from repligate.usage import UsageRecorder
 from repligate.webhook_sender import WebhookSender
-from repligate.webhooks import Render, WebhookDeliverer
+from repligate.webhooks import WebhookDeliverer
 
 if TYPE_CHECKING:
     from repligate.relay.routes import RoutePlan
@@ -105,41 +101,6 @@ class Container:
     metrics: Metrics | None = None
 
 
-def runner_env_factory(
-    settings: Settings, fetcher: Fetcher, on_pipeline_load: Callable[[int], None] | None = None
-) -> RunnerEnv:
-    from repligate.runners import device
-    from repligate.runners.cache import PipelineCache
-    from repligate.runners.safety import LazySafetyChecker
-    from repligate.runners.threads import ThreadPolicy
-    from repligate.runners.weights import WeightsLocator
-    from repligate.runners.weights_cache import WeightsCache
-
-    chosen = device.choose(settings.device)
-    pipelines = PipelineCache(
-        settings.pipeline_cache_bytes or device.memory_budget(chosen),
-        release=lambda: device.release_memory(chosen),
-    )
-    pipelines.on_load = on_pipeline_load
-    return RunnerEnv(
-        device=chosen,
-        weights=WeightsLocator(settings.weights_dir),
-        pipelines=pipelines,
-        fetcher=fetcher,
-        png_compress_level=settings.png_compress_level,
-        safety=LazySafetyChecker(settings.weights_dir, chosen, enabled=settings.safety_checker),
-        weights_cache=WeightsCache(
-            settings.data_dir / "trained-weights",
-            max_bytes=settings.trained_weights_cache_bytes,
-            max_download_bytes=settings.trained_weights_max_bytes,
-        ),
-        hub_url=settings.hub_url,
-        threads=ThreadPolicy.for_device(
-            chosen.name, settings.torch_threads, workers=settings.concurrency_per_device
-        ),
-    )
-
-
 def build_container(
     settings: Settings,
     *,
@@ -153,7 +114,7 @@ def build_container(
     engine = db.make_engine(settings.resolved_database_url(), settings.pool_options())
     sessions = db.make_sessions(engine)
     registry = Registry(all_models())
-    storage = storage or _storage(settings)
+    storage = storage or backends.storage(settings)
     clock = clock or SystemClock()
     secret = load_secret(settings)
     upload_service = UploadService.from_settings(settings, sessions, storage, secret, clock)
@@ -167,15 +128,15 @@ def build_container(
     fetcher.on_refusal = metrics.fetch_refused
     if provider is None:
         provider = LocalProvider(
-            lambda: runner_env_factory(settings, fetcher, metrics.pipeline_loaded)
+            lambda: backends.runner_env_factory(settings, fetcher, metrics.pipeline_loaded)
         )
-    bus = build_bus(settings)
+    bus = backends.build_bus(settings)
     # Counting subscribers take only this process's events; the others hear them all.
     bus.subscribe(local_only(metrics.on_event))
     notifier = CompletionNotifier()
     bus.subscribe(notifier.on_event)
     transitions = Transitions(sessions, bus, clock)
-    routes, relay = build_relay(
+    routes, relay = backends.build_relay(
         settings, provider, registry, sessions, transitions, storage, fetcher, clock
     )
     if relay is not None:
@@ -200,7 +161,7 @@ def build_container(
         )
     else:
         built_queue = queue(executor.execute, flags)
-    bus.subscribe(remote_cancels(built_queue))
+    bus.subscribe(backends.remote_cancels(built_queue))
     sender = WebhookSender.from_settings(settings)
     deadlines = DeadlineWatcher(transitions, built_queue, clock)
     service = PredictionService(
@@ -224,7 +185,7 @@ def build_container(
     webhooks = WebhookDeliverer(
         sessions,
         sender,
-        _webhook_body(settings, storage, links),
+        backends.webhook_body(settings, storage, links),
         clock,
         retry_seconds=settings.webhook_retry_seconds,
         workers=settings.webhook_workers,
@@ -276,100 +237,6 @@ def build_container(
         relay=relay,
         metrics=metrics,
     )
-
-
-def _storage(settings: Settings) -> Storage:
-    if settings.storage == "s3":
-        if not settings.s3_bucket:
-            raise ValueError("REPLIGATE_STORAGE=s3 needs REPLIGATE_S3_BUCKET")
-        from repligate.storage.s3 import S3Storage  # boto3 only where S3 is configured
-
-        return S3Storage.connect(
-            settings.s3_bucket,
-            prefix=settings.s3_prefix,
-            endpoint_url=settings.s3_endpoint_url,
-            public_base_url=settings.s3_public_base_url,
-        )
-    return LocalStorage(settings.files_dir)
-
-
-def build_bus(settings: Settings) -> EventBus:
-    if settings.event_bus_url is None:
-        return InProcessBus()
-    try:
-        from repligate.bus_redis import RedisBus
-    except ImportError as error:
-        raise RuntimeError(
-            "REPLIGATE_EVENT_BUS_URL needs the redis package: pip install 'repligate[redis]'"
-        ) from error
-    return RedisBus(settings.event_bus_url, channel=settings.event_bus_channel)
-
-
-def remote_cancels(queue: Queue) -> Callable[[PredictionEvent], None]:
-    """A cancel asked of another process reaches this one as that process's
-    ``completed`` event with status ``canceled``: the worker running it here stops at its
-    next step (its own final write loses the compare-and-set)."""
-
-    def on_event(event: PredictionEvent) -> None:
-        if (
-            not event.local
-            and event.kind is EventKind.COMPLETED
-            and event.prediction.status is Status.CANCELED
-        ):
-            queue.cancel(event.prediction.id)
-
-    return on_event
-
-
-def _webhook_body(settings: Settings, storage: Storage, links: WebLinks) -> Render:
-    """A webhook's body: the prediction object as its creator's GET shows it."""
-    from repligate.api.wire import prediction_out
-
-    fallback = settings.public_base_url or f"http://{settings.host}:{settings.port}"
-
-    def render(prediction: Prediction) -> dict[str, Any]:
-        return prediction_out(
-            prediction,
-            storage=storage,
-            base_url=(settings.public_base_url or prediction.base_url or fallback).rstrip("/"),
-            api_prefix=prediction.api_prefix,
-            links=links,
-        )
-
-    return render
-
-
-def build_relay(
-    settings: Settings,
-    provider: Provider,
-    registry: Registry,
-    sessions: sessionmaker[Session],
-    transitions: Transitions,
-    storage: Storage,
-    fetcher: Fetcher,
-    clock: Clock,
-) -> tuple[RoutePlan | None, RelayScheduler | None]:
-    """The route of each model, and the relay when some model goes to Replicate."""
-    if not isinstance(provider, LocalProvider):
-        return None, None  # a fake provider (tests) runs everything
-    from repligate.relay.routes import RoutePlan
-
-    routes = RoutePlan(settings, provider)
-    if not routes.any_relayed(registry.all()):
-        return routes, None
-    from repligate.relay.scheduler import RelayScheduler
-
-    relay = RelayScheduler(
-        settings=settings,
-        routes=routes,
-        registry=registry,
-        sessions=sessions,
-        transitions=transitions,
-        storage=storage,
-        fetcher=fetcher,
-        clock=clock,
-    )
-    return routes, relay
 
 
 def create_app(settings: Settings, container: Container | None = None) -> FastAPI:
