@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import contextvars
 import logging
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from repligate import inputs
+from repligate import cursors, inputs
 from repligate.clock import Clock
 from repligate.deadlines import DeadlineWatcher
 from repligate.errors import (
@@ -68,26 +67,8 @@ class Page:
     previous_cursor: str | None
 
 
-def _encode_cursor(direction: str, prediction: Prediction) -> str:
-    raw = f"{direction}|{prediction.created_at.isoformat()}|{prediction.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, tuple[datetime, str]]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        direction, at, prediction_id = base64.urlsafe_b64decode(padded).decode().split("|")
-        if direction not in ("n", "p"):
-            raise ValueError(direction)
-        position = datetime.fromisoformat(at)
-        # Our cursors always carry UTC; a naive one is forged and would fail in the store.
-        if position.tzinfo is None:
-            raise ValueError(at)
-        return direction, (position, prediction_id)
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise InvalidRequest(
-            "The cursor is not valid; use the next/previous URLs as given."
-        ) from exc
+def _cursor(direction: str, prediction: Prediction) -> str:
+    return cursors.encode(prediction.created_at, prediction.id, direction)
 
 
 class PredictionService:
@@ -289,7 +270,9 @@ class PredictionService:
     ) -> Page:
         before = after = None
         if cursor:
-            direction, position = _decode_cursor(cursor)
+            direction, position = cursors.decode(
+                cursor, directions=("n", "p"), hint="use the next/previous URLs as given"
+            )
             before, after = (position, None) if direction == "n" else (None, position)
         with self._connect() as session:
             rows = store.page(
@@ -311,8 +294,8 @@ class PredictionService:
             has_newer, has_older = before is not None, more
         return Page(
             results=results,
-            next_cursor=_encode_cursor("n", results[-1]) if results and has_older else None,
-            previous_cursor=_encode_cursor("p", results[0]) if results and has_newer else None,
+            next_cursor=_cursor("n", results[-1]) if results and has_older else None,
+            previous_cursor=_cursor("p", results[0]) if results and has_newer else None,
         )
 
     def cancel(self, key: ApiKey, prediction_id: str) -> Prediction:

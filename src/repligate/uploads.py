@@ -16,7 +16,6 @@ else. ``urls.get`` and a download without a signature need the owner's key.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import logging
@@ -24,13 +23,14 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, BinaryIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from repligate import cursors
 from repligate.clock import Clock
-from repligate.errors import FileTooLarge, InvalidRequest, NotFound
+from repligate.errors import FileTooLarge, NotFound
 from repligate.records import ApiKey, UploadedFile
 from repligate.settings import Settings
 from repligate.storage.base import Readable, Storage
@@ -186,7 +186,7 @@ class UploadService:
         return self._live(uploaded)
 
     def list(self, key: ApiKey, *, cursor: str | None = None) -> FilePage:
-        before = _decode_cursor(cursor) if cursor else None
+        before = cursors.decode(cursor, hint="use the next URL as given")[1] if cursor else None
         with self._sessions() as session:
             rows = store.page(
                 session,
@@ -197,7 +197,9 @@ class UploadService:
             )
         results = rows[: self._page_size]
         more = len(rows) > self._page_size
-        return FilePage(results, _encode_cursor(results[-1]) if more else None)
+        return FilePage(
+            results, cursors.encode(results[-1].created_at, results[-1].id) if more else None
+        )
 
     def delete(self, key: ApiKey, file_id: str) -> None:
         uploaded = self.get(key, file_id)
@@ -254,20 +256,3 @@ class UploadService:
         message = b"\n".join((_PURPOSE, file_id.encode(), str(expiry).encode()))
         digest = hmac.new(self._secret, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def _encode_cursor(last: UploadedFile) -> str:
-    raw = f"{last.created_at.isoformat()}|{last.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        at, file_id = base64.urlsafe_b64decode(padded).decode().split("|")
-        position = datetime.fromisoformat(at)
-        if position.tzinfo is None:
-            raise ValueError(at)
-        return position, file_id
-    except (ValueError, UnicodeDecodeError, binascii.Error) as exc:
-        raise InvalidRequest("The cursor is not valid; use the next URL as given.") from exc
