@@ -64,7 +64,7 @@ def test_two_migrate_processes_at_once_both_succeed(
         assert "Traceback" not in stderr
     engine = db.make_engine(_url(database_url, tmp_path / "data"))
     try:
-        assert migrate.database_revisions(engine) == migrate.script_heads() == {"0007_indexes"}
+        assert migrate.database_revisions(engine) == migrate.script_heads() == {"0008_lease"}
         with engine.connect() as connection:
             indexes = {i["name"] for i in inspect(connection).get_indexes("predictions")}
         assert {"ix_predictions_key_created", "ix_predictions_key_status"} <= indexes

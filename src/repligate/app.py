@@ -38,28 +38,21 @@ from repligate.api import streams as streams_api
 from repligate.api import webhooks as webhooks_api
 from repligate.api.limits import limit_reads
 from repligate.bus import EventBus, local_only
-from repligate.clock import Clock, SystemClock
+from repligate.clock import Clock
 from repligate.deadlines import DeadlineWatcher
-from repligate.execution import Executor
-from repligate.fetch import Fetcher
-from repligate.file_inputs import FileInputs
-from repligate.links import WebLinks, load_secret
+from repligate.leases import LeaseKeeper, LostWorkReaper
+from repligate.links import WebLinks
 from repligate.metrics import Metrics
-from repligate.models import all_models
-from repligate.notify import CompletionNotifier
 from repligate.providers.base import Provider
-from repligate.providers.local import LocalProvider
 from repligate.queue.base import CancelFlags, Queue
-from repligate.queue.inprocess import InProcessQueue
 from repligate.ratelimit import KeyLimiter
-from repligate.registry import Registry
 from repligate.retention import Sweeper
+from repligate.runtime import build_core
 from repligate.service import PredictionService
 from repligate.settings import Settings
 from repligate.storage.base import Storage
-from repligate.store import db, migrate
+from repligate.store import migrate
 from repligate.streams import StreamHub
-from repligate.transitions import Transitions
 from repligate.uploads import UploadService
 from repligate.usage import UsageRecorder
 from repligate.webhook_sender import WebhookSender
@@ -99,6 +92,9 @@ class Container:
     relay: RelayScheduler | None = None
     # Prometheus metrics (metrics.py), served at GET /metrics.
     metrics: Metrics | None = None
+    # This process's leases on what it runs, and the reaper of runs whose worker died.
+    leases: LeaseKeeper | None = None
+    reaper: LostWorkReaper | None = None
 
 
 def build_container(
@@ -111,57 +107,21 @@ def build_container(
 ) -> Container:
     """Wire the server. Each backend can be given (the fakes in ``repligate.testing``);
     otherwise the embedded defaults are built from ``settings``."""
-    engine = db.make_engine(settings.resolved_database_url(), settings.pool_options())
-    sessions = db.make_sessions(engine)
-    registry = Registry(all_models())
-    storage = storage or backends.storage(settings)
-    clock = clock or SystemClock()
-    secret = load_secret(settings)
-    upload_service = UploadService.from_settings(settings, sessions, storage, secret, clock)
-    file_inputs = FileInputs(
-        upload_service,
-        inline_max=settings.inline_data_uri_max_bytes,
-        public_base_url=settings.public_base_url,
-    )
-    fetcher = Fetcher.from_settings(settings, local_files=file_inputs)
-    metrics = Metrics(sessions)
-    fetcher.on_refusal = metrics.fetch_refused
-    if provider is None:
-        provider = LocalProvider(
-            lambda: backends.runner_env_factory(settings, fetcher, metrics.pipeline_loaded)
-        )
-    bus = backends.build_bus(settings)
-    # Counting subscribers take only this process's events; the others hear them all.
-    bus.subscribe(local_only(metrics.on_event))
-    notifier = CompletionNotifier()
-    bus.subscribe(notifier.on_event)
-    transitions = Transitions(sessions, bus, clock)
+    core = build_core(settings, storage=storage, provider=provider, clock=clock)
+    engine, sessions, registry, storage = core.engine, core.sessions, core.registry, core.storage
+    clock, provider, bus, metrics = core.clock, core.provider, core.bus, core.metrics
+    transitions, fetcher = core.transitions, core.fetcher
     routes, relay = backends.build_relay(
         settings, provider, registry, sessions, transitions, storage, fetcher, clock
     )
     if relay is not None:
         bus.subscribe(relay.on_event)
         relay.client.on_answer = metrics.upstream_answered
-    flags = CancelFlags()
-    executor = Executor(
-        transitions=transitions,
-        registry=registry,
-        provider=provider,
-        storage=storage,
-        flags=flags,
-        fetcher=fetcher,
-        log_flush_interval=settings.log_flush_interval,
-    )
-    if queue is None:
-        built_queue: Queue = InProcessQueue(
-            executor.execute,
-            flags,
-            concurrency_per_device=settings.concurrency_per_device,
-            grace_seconds=settings.shutdown_grace_seconds,
-        )
+    if queue is not None:
+        built_queue = queue(core.executor.execute, core.flags)
     else:
-        built_queue = queue(executor.execute, flags)
-    bus.subscribe(backends.remote_cancels(built_queue))
+        built_queue = backends.queue(settings, core.executor.execute, core.flags)
+    bus.subscribe(backends.remote_cancels(built_queue.cancel))
     sender = WebhookSender.from_settings(settings)
     deadlines = DeadlineWatcher(transitions, built_queue, clock)
     service = PredictionService(
@@ -170,10 +130,10 @@ def build_container(
         provider=provider,
         queue=built_queue,
         transitions=transitions,
-        notifier=notifier,
+        notifier=core.notifier,
         clock=clock,
         page_size=settings.list_page_size,
-        file_inputs=file_inputs,
+        file_inputs=core.file_inputs,
         webhook_refusal=sender.refusal,
         deadlines=deadlines,
         relay=relay,
@@ -181,7 +141,7 @@ def build_container(
         # With a cross-process bus, a finish anywhere wakes the waiter: no polling.
         wait_poll_seconds=None if settings.event_bus_url else 1.0,
     )
-    links = WebLinks(secret, settings.web_link_ttl_seconds)
+    links = WebLinks(core.secret, settings.web_link_ttl_seconds)
     webhooks = WebhookDeliverer(
         sessions,
         sender,
@@ -210,7 +170,7 @@ def build_container(
         sessions=sessions,
         transitions=transitions,
         storage=storage,
-        uploads=upload_service,
+        uploads=core.uploads,
         usage=usage,
         clock=clock,
         prediction_retention_seconds=settings.prediction_retention_seconds,
@@ -226,7 +186,7 @@ def build_container(
         bus,
         service,
         links,
-        upload_service,
+        core.uploads,
         webhooks,
         streams,
         deadlines,
@@ -236,6 +196,15 @@ def build_container(
         routes=routes,
         relay=relay,
         metrics=metrics,
+        leases=core.leases,
+        reaper=LostWorkReaper(
+            sessions=sessions,
+            transitions=transitions,
+            queue=built_queue,
+            storage=storage,
+            clock=clock,
+            max_attempts=settings.max_attempts,
+        ),
     )
 
 
@@ -254,22 +223,32 @@ def create_app(settings: Settings, container: Container | None = None) -> FastAP
         container.service.recover()
         container.webhooks.start()
         container.deadlines.start()
-        sweeping = None
+        loops = []
         if container.sweeper is not None:
-            sweeping = asyncio.create_task(
-                container.sweeper.run_forever(container.settings.sweep_interval_seconds)
+            loops.append(
+                asyncio.create_task(
+                    container.sweeper.run_forever(container.settings.sweep_interval_seconds)
+                )
+            )
+        if container.reaper is not None:
+            loops.append(
+                asyncio.create_task(
+                    container.reaper.run_forever(container.settings.lease_seconds / 2)
+                )
             )
         try:
             yield
         finally:
-            if sweeping is not None:
-                sweeping.cancel()
+            for loop in loops:
+                loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await sweeping
+                    await loop
             container.deadlines.stop()
             # The workers get their grace period in a thread: the event loop keeps
             # answering (health checks, the last waiting requests) meanwhile.
             await asyncio.to_thread(container.queue.stop)
+            if container.leases is not None:
+                container.leases.stop()
             # After the workers: their last completions are delivered, or stay in the
             # outbox for the next start.
             if container.relay is not None:

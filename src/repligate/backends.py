@@ -16,7 +16,8 @@ from repligate.lifecycle import Status
 from repligate.links import WebLinks
 from repligate.providers.base import Provider
 from repligate.providers.local import LocalProvider
-from repligate.queue.base import Queue
+from repligate.queue.base import CancelFlags, Queue
+from repligate.queue.inprocess import InProcessQueue
 from repligate.records import Prediction
 from repligate.registry import Registry
 from repligate.runners.base import RunnerEnv
@@ -81,6 +82,21 @@ def storage(settings: Settings) -> Storage:
     return LocalStorage(settings.files_dir)
 
 
+def queue(settings: Settings, execute: Callable[[str], None], flags: CancelFlags) -> Queue:
+    """Where predictions of local models run: this process's worker threads, or the
+    Celery broker (``repligate worker`` processes run them)."""
+    if settings.queue == "celery":
+        from repligate.queue.celery_queue import CeleryQueue  # celery only where chosen
+
+        return CeleryQueue.from_settings(settings, flags)
+    return InProcessQueue(
+        execute,
+        flags,
+        concurrency_per_device=settings.concurrency_per_device,
+        grace_seconds=settings.shutdown_grace_seconds,
+    )
+
+
 def build_bus(settings: Settings) -> EventBus:
     if settings.event_bus_url is None:
         return InProcessBus()
@@ -93,7 +109,7 @@ def build_bus(settings: Settings) -> EventBus:
     return RedisBus(settings.event_bus_url, channel=settings.event_bus_channel)
 
 
-def remote_cancels(queue: Queue) -> Callable[[PredictionEvent], None]:
+def remote_cancels(cancel: Callable[[str], None]) -> Callable[[PredictionEvent], None]:
     """A cancel asked of another process reaches this one as that process's
     ``completed`` event with status ``canceled``: the worker running it here stops at its
     next step (its own final write loses the compare-and-set)."""
@@ -104,7 +120,7 @@ def remote_cancels(queue: Queue) -> Callable[[PredictionEvent], None]:
             and event.kind is EventKind.COMPLETED
             and event.prediction.status is Status.CANCELED
         ):
-            queue.cancel(event.prediction.id)
+            cancel(event.prediction.id)
 
     return on_event
 

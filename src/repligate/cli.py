@@ -1,4 +1,4 @@
-"""The ``repligate`` command: serve, keys, models, migrate.
+"""The ``repligate`` command: serve, worker, keys, models, migrate.
 
 Every command that touches the database migrates it first, so a fresh data directory
 just works."""
@@ -119,6 +119,39 @@ def _warn_about_random_weights(settings: Settings) -> None:
             "[bold yellow]DEMO: these models run tiny RANDOM weights, so their outputs are "
             f"noise:[/bold yellow] {', '.join(random)}"
         )
+
+
+@app.command()
+def worker(
+    models: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated owner/name of the models this worker runs (default: all); "
+            "a GPU host can take only some"
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, help="Predictions run at once (default: concurrency per device)"),
+    ] = None,
+) -> None:
+    """Run predictions from the Celery broker (REPLIGATE_QUEUE=celery) on this host."""
+    from repligate.store.migrate import PendingMigrations
+    from repligate.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings()
+        # Migrated by `repligate migrate` or an API process; a worker only checks.
+        _sessions(settings, refuse_pending=True)
+        names = [name.strip() for name in (models or "").split(",") if name.strip()]
+        running = Worker(settings, names, concurrency or settings.concurrency_per_device)
+    except (PendingMigrations, ValueError) as exc:
+        console.print(f"[bold red]refusing to start:[/bold red] {exc}")
+        raise typer.Exit(code=2) from None
+    _warn_about_random_weights(settings)
+    console.print(f"repligate worker: {', '.join(running.models)}")
+    running.run()
 
 
 @app.command()

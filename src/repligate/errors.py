@@ -96,3 +96,9 @@ class StorageUnavailable(RepligateError):
     """The object store (S3) did not answer, or refused: the operator's side, not the user's."""
 
     title = "Storage unavailable"
+
+
+class QueueUnavailable(RepligateError):
+    """The broker that carries predictions to the workers did not take one."""
+
+    title = "Queue unavailable"

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -22,11 +23,12 @@ from repligate import inputs
 from repligate.errors import PredictionFailure
 from repligate.events import Canceled, Event, FrameProgress, Log, Output, OutputFile, Progress
 from repligate.fetch import Fetcher
+from repligate.leases import LeaseKeeper
 from repligate.lifecycle import Status
 from repligate.models.spec import ModelSpec
 from repligate.providers.base import Provider
 from repligate.queue.base import CancelFlags
-from repligate.records import RunProgress
+from repligate.records import Prediction, RunProgress
 from repligate.registry import Registry
 from repligate.storage.base import Storage, keys_in, map_leaves
 from repligate.transitions import Transitions
@@ -49,8 +51,10 @@ class _Context:
         storage: Storage,
         flags: CancelFlags,
         flush_interval: float,
+        owner: str | None,
     ) -> None:
         self.prediction_id = prediction_id
+        self.owner = owner
         self._transitions = transitions
         self._storage = storage
         self._flags = flags
@@ -92,7 +96,10 @@ class _Context:
         progress = self.take_progress()
         if not text and progress is None:
             return
-        if self._transitions.append_logs(self.prediction_id, text, progress) is None:
+        if (
+            self._transitions.append_logs(self.prediction_id, text, progress, owner=self.owner)
+            is None
+        ):
             self._stopped_elsewhere = True
 
     def take_progress(self) -> RunProgress | None:
@@ -112,7 +119,8 @@ class _Context:
         # Logs first, so a reader sees what led to this output.
         self.flush()
         stored = store_files(self._storage, self.prediction_id, value)
-        if self._transitions.set_output(self.prediction_id, [*self.outputs, stored]) is None:
+        outputs = [*self.outputs, stored]
+        if self._transitions.set_output(self.prediction_id, outputs, owner=self.owner) is None:
             delete_files(self._storage, stored)
             self._stopped_elsewhere = True
             return
@@ -133,6 +141,7 @@ class Executor:
         flags: CancelFlags,
         fetcher: Fetcher,
         log_flush_interval: float = 0.5,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self._transitions = transitions
         self._registry = registry
@@ -141,21 +150,45 @@ class Executor:
         self._flags = flags
         self._fetcher = fetcher
         self._flush_interval = log_flush_interval
+        # Held while each prediction runs (leases.py); without, claims take no lease.
+        self._leases = leases
+        # Called with a prediction this worker handed back (it is `starting` again): a
+        # queue whose messages outlive the run (Celery) queues it again here.
+        self.on_hand_back: Callable[[Prediction], None] | None = None
 
     def execute(self, prediction_id: str) -> None:
         try:
             self._execute(prediction_id)
         finally:
             self._flags.clear(prediction_id)
+            if self._leases is not None:
+                self._leases.release(prediction_id)
+
+    def _claim(self, prediction_id: str) -> Prediction | None:
+        # Only a `starting` prediction moves to `processing`: a canceled one stays
+        # canceled, a second worker (or a redelivered task) loses the race, and one whose
+        # run is under another worker's live lease is left to it.
+        if self._leases is None:
+            return self._transitions.start(prediction_id)
+        claimed = self._transitions.claim(
+            prediction_id, self._leases.owner, self._leases.lease_seconds
+        )
+        if claimed is not None:
+            self._leases.hold(prediction_id)
+        return claimed
 
     def _execute(self, prediction_id: str) -> None:
-        # Claim it: only a `starting` prediction moves to `processing` (a canceled one
-        # stays canceled, and a second worker loses the race).
-        prediction = self._transitions.start(prediction_id)
+        prediction = self._claim(prediction_id)
         if prediction is None:
             return
+        owner = self._leases.owner if self._leases is not None else None
         ctx = _Context(
-            prediction_id, self._transitions, self._storage, self._flags, self._flush_interval
+            prediction_id,
+            self._transitions,
+            self._storage,
+            self._flags,
+            self._flush_interval,
+            owner,
         )
         try:
             if self._flags.is_set(prediction_id):
@@ -171,10 +204,13 @@ class Executor:
             ctx.flush()
             if self._flags.is_handed_back(prediction_id):
                 # It runs again from the start: the outputs it had are dropped with it.
-                if self._transitions.hand_back(prediction_id, HANDED_BACK_NOTE) is not None:
+                back = self._transitions.hand_back(prediction_id, HANDED_BACK_NOTE, owner=owner)
+                if back is not None:
                     delete_files(self._storage, ctx.outputs)
+                    if self.on_hand_back is not None:
+                        self.on_hand_back(back)
             else:
-                self._transitions.cancel(prediction_id)
+                self._transitions.cancel(prediction_id, owner=owner)
         except Exception as exc:
             if isinstance(exc, PredictionFailure):
                 # A known failure says all there is in its message: no traceback.
@@ -182,7 +218,7 @@ class Executor:
             else:
                 log.warning("prediction %s failed", prediction_id, exc_info=True)
             ctx.flush()
-            self._transitions.fail(prediction_id, _message(exc))
+            self._transitions.fail(prediction_id, _message(exc), owner=owner)
         else:
             # One write ends it: the last log lines ride along, and the claim's own
             # answer stands in for a read before the compare-and-set.
@@ -193,6 +229,7 @@ class Executor:
                 append_logs=ctx.take_pending() or None,
                 claimed=prediction,
                 progress=ctx.take_progress(),
+                owner=owner,
             )
             if finished is None:
                 # Canceled (or ended elsewhere) while the last files were written: the

@@ -75,6 +75,8 @@ class Prediction:
     data_removed: bool = False
     # Where its run stands (the last step and frame reported), None before any.
     progress: RunProgress | None = None
+    # How many times a worker claimed it (more than 1: a lost worker's run was repeated).
+    attempts: int = 0
 
     @classmethod
     def starting(

@@ -24,6 +24,7 @@ from repligate.errors import (
     InvalidRequest,
     ModelUnavailable,
     NotFound,
+    QueueUnavailable,
 )
 from repligate.file_inputs import FileInputs
 from repligate.lifecycle import Status
@@ -207,7 +208,12 @@ class PredictionService:
             assert self._relay is not None
             self._relay.submit(prediction, wait_seconds)
         else:
-            self._queue.submit(prediction.id)
+            try:
+                self._queue.submit(prediction.id, prediction.model)
+            except QueueUnavailable as refused:
+                # Not left `starting` with no message anywhere: it ends, saying why.
+                self._transitions.fail(prediction.id, str(refused))
+                raise
         return prediction
 
     def _idempotent(
@@ -358,9 +364,11 @@ class PredictionService:
             return store.count_for_model(session, spec.ref)
 
     def recover(self) -> tuple[int, int]:
-        """After a restart: queue again what never started (or was handed back at
-        shutdown); fail what was cut off while running (its work is lost, and running it
-        again could crash the server again). Returns (requeued, failed)."""
+        """At start: queue again what never started (or was handed back at shutdown)
+        when the queue kept it only in memory; fail what was cut off while running with
+        no lease (rows from before leases: whether it may run again is unknown). A run
+        under a lease is the reaper's once the lease runs out (leases.py): another
+        process may be running it now. Returns (requeued, failed)."""
         requeued = failed = 0
         with self._connect() as session:
             unfinished = store.unfinished(session)
@@ -372,9 +380,10 @@ class PredictionService:
             unfinished = self._relay.adopt(unfinished)
         for prediction in unfinished:
             if prediction.status is Status.STARTING:
-                self._queue.submit(prediction.id)
-                requeued += 1
-            elif self._transitions.fail(
+                if not self._queue.durable:
+                    self._queue.submit(prediction.id, prediction.model)
+                    requeued += 1
+            elif prediction.attempts == 0 and self._transitions.fail(
                 prediction.id,
                 "The server stopped while this prediction was running, so it did not "
                 "finish. Run it again.",

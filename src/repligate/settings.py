@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -223,6 +223,38 @@ class Settings(BaseSettings):
         default=None,
         description="Outputs link here (public bucket or CDN) instead of /files/ on the API",
     )
+
+    # Where predictions of local models run: "inprocess" (worker threads in each API
+    # process, the embedded default) or "celery" (a broker carries them to
+    # `repligate worker` processes, on this host or others; queue.celery_app).
+    queue: Literal["inprocess", "celery"] = "inprocess"
+    # The Celery broker: redis://host:6379/1 or amqp://user:pass@host:5672//.
+    broker_url: str | None = None
+    # Celery queue names are "<prefix>.<owner>.<name>", one per model: one per deployment
+    # sharing a broker.
+    celery_queue_prefix: str = "repligate"
+    # A worker holds a lease on the prediction it runs and renews it every third of this;
+    # a prediction whose lease ran out (its worker died) is queued again, or failed after
+    # max_attempts runs (leases.py).
+    lease_seconds: float = Field(default=60.0, ge=1.0)
+    max_attempts: int = Field(default=2, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _celery_needs_a_broker(self) -> Settings:
+        if self.queue != "celery":
+            return self
+        if not self.broker_url:
+            raise ValueError("REPLIGATE_QUEUE=celery needs REPLIGATE_BROKER_URL")
+        if self.event_bus_url is None:
+            # Completions, logs and cancels must cross processes: a Redis broker carries
+            # them too; with another broker the operator names a Redis for events.
+            if not self.broker_url.startswith(("redis://", "rediss://")):
+                raise ValueError(
+                    "REPLIGATE_QUEUE=celery with a non-Redis broker needs "
+                    "REPLIGATE_EVENT_BUS_URL=redis://... (events cross processes there)"
+                )
+            self.event_bus_url = self.broker_url
+        return self
 
     def pool_options(self) -> dict[str, object]:
         """``db.make_engine``'s pool keywords (used on PostgreSQL only)."""

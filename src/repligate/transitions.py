@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
-from datetime import datetime
+from collections.abc import Collection
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,7 +28,7 @@ from repligate.bus import EventBus, EventKind, PredictionEvent
 from repligate.clock import Clock
 from repligate.lifecycle import Status
 from repligate.records import Prediction, RunProgress
-from repligate.store import db
+from repligate.store import db, leases
 from repligate.store import predictions as store
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,55 @@ class Transitions:
 
     # -- status moves ------------------------------------------------------------------
 
+    def claim(self, prediction_id: str, owner: str, lease_seconds: float) -> Prediction | None:
+        """A worker claims a queued prediction under a lease it then renews
+        (``renew_leases``): only one claim wins, and a prediction canceled while queued
+        stays canceled."""
+        now = self._clock.now()
+        until = now + timedelta(seconds=lease_seconds)
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
+            claimed = leases.claim(session, prediction_id, owner=owner, now=now, until=until)
+            return self._publish(EventKind.STARTED, claimed)
+
+    def renew_leases(
+        self, owner: str, prediction_ids: Collection[str], lease_seconds: float
+    ) -> set[str]:
+        """Extend a worker's leases; the ids it still holds. No event: nothing a reader
+        sees changed."""
+        until = self._clock.now() + timedelta(seconds=lease_seconds)
+        with db.connect(self._sessions) as session:
+            return leases.renew(session, owner, prediction_ids, until)
+
+    def requeue_lost(self, prediction_id: str, note: str) -> Prediction | None:
+        """A prediction whose worker's lease ran out goes back to the queue, to run again
+        from the start (its partial output dropped). Applies only while the lease is
+        still expired: a worker that renewed meanwhile keeps it."""
+        now = self._clock.now()
+        with self._lock(prediction_id), db.connect(self._sessions) as session:
+            return store.move(
+                session,
+                prediction_id,
+                Status.STARTING,
+                expected=Status.PROCESSING,
+                lease_expired_before=now,
+                append_logs=note + "\n",
+                started_at=None,
+                output=None,
+                progress=None,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+
+    def fail_lost(self, prediction_id: str, error: str) -> Prediction | None:
+        """Fail a prediction whose worker's lease ran out (it had its runs), only while
+        the lease is still expired."""
+        return self._move(
+            prediction_id,
+            Status.FAILED,
+            {"error": error},
+            lease_expired_before=self._clock.now(),
+        )
+
     def start(self, prediction_id: str) -> Prediction | None:
         """A worker claims a queued prediction: only one claim wins, and a prediction
         canceled while queued stays canceled."""
@@ -88,6 +138,7 @@ class Transitions:
         claimed: Prediction | None = None,
         predict_time: float | None = None,
         progress: RunProgress | None = None,
+        owner: str | None = None,
     ) -> Prediction | None:
         """Move to a terminal status; ``completed`` is published once, by the winner.
 
@@ -97,7 +148,8 @@ class Transitions:
         ``keep_output`` leaves the output the prediction already has (a canceled or failed
         prediction keeps what it produced). ``append_logs`` adds the last log lines in the
         same write. ``claimed``, the prediction as ``start`` returned it, spares the read
-        before the compare-and-set (it is read only if the status moved since). If the
+        before the compare-and-set (it is read only if the status moved since).
+        ``owner``: a worker's write, applied only while it holds the lease. If the
         write itself fails (a database error), a minimal failed write still ends the
         prediction, so none is left running.
         """
@@ -113,38 +165,43 @@ class Transitions:
         if progress is not None:
             fields["progress"] = progress
         try:
-            return self._move(prediction_id, status, fields, append_logs, claimed)
+            return self._move(prediction_id, status, fields, append_logs, claimed, owner=owner)
         except Exception as exc:
             if status is Status.FAILED and set(fields) == {"error"}:
                 raise
             log.exception("recording the result of %s failed; failing it instead", prediction_id)
             reason = type(exc).__name__
             return self._move(
-                prediction_id, Status.FAILED, {"error": RECORDING_FAILED.format(reason=reason)}
+                prediction_id,
+                Status.FAILED,
+                {"error": RECORDING_FAILED.format(reason=reason)},
+                owner=owner,
             )
 
-    def cancel(self, prediction_id: str) -> Prediction | None:
-        return self.finish(prediction_id, Status.CANCELED, keep_output=True)
+    def cancel(self, prediction_id: str, owner: str | None = None) -> Prediction | None:
+        return self.finish(prediction_id, Status.CANCELED, keep_output=True, owner=owner)
 
-    def fail(self, prediction_id: str, error: str) -> Prediction | None:
-        return self.finish(prediction_id, Status.FAILED, error=error, keep_output=True)
+    def fail(self, prediction_id: str, error: str, owner: str | None = None) -> Prediction | None:
+        return self.finish(prediction_id, Status.FAILED, error=error, keep_output=True, owner=owner)
 
-    def hand_back(self, prediction_id: str, note: str) -> Prediction | None:
+    def hand_back(
+        self, prediction_id: str, note: str, owner: str | None = None
+    ) -> Prediction | None:
         """A worker that is stopping returns its running prediction to the queue: it
         will run again from the start, so its partial output is dropped."""
         with self._lock(prediction_id), db.connect(self._sessions) as session:
-            current = store.get(session, prediction_id)
-            if current is None or current.status is not Status.PROCESSING:
-                return None
             return store.move(
                 session,
                 prediction_id,
                 Status.STARTING,
                 expected=Status.PROCESSING,
+                owner=owner,
+                append_logs=note + "\n",
                 started_at=None,
                 output=None,
                 progress=None,
-                logs=current.logs + note + "\n",
+                lease_owner=None,
+                lease_expires_at=None,
             )
 
     def _move(
@@ -154,6 +211,9 @@ class Transitions:
         fields: dict[str, Any],
         append_logs: str | None = None,
         known: Prediction | None = None,
+        *,
+        owner: str | None = None,
+        lease_expired_before: datetime | None = None,
     ) -> Prediction | None:
         with self._lock(prediction_id), db.connect(self._sessions) as session:
             current = known
@@ -174,27 +234,41 @@ class Transitions:
                     append_logs=append_logs,
                     webhook_event=EventKind.COMPLETED.value,
                     now=now,
+                    owner=owner,
+                    lease_expired_before=lease_expired_before,
                     **timed,
                 )
                 if moved is not None:
                     return self._publish(EventKind.COMPLETED, moved)
+                if owner is not None or lease_expired_before is not None:
+                    return None  # the lease moved on: no retry can apply
                 current = None  # it moved on meanwhile: read it again
             return None
 
     # -- while it runs ---------------------------------------------------------------
 
     def append_logs(
-        self, prediction_id: str, text: str, progress: RunProgress | None = None
+        self,
+        prediction_id: str,
+        text: str,
+        progress: RunProgress | None = None,
+        owner: str | None = None,
     ) -> Prediction | None:
         """Add log lines and, when given, the run's progress: one write, one event."""
         with self._lock(prediction_id), db.connect(self._sessions) as session:
             now = self._clock.now()
-            moved = store.append_logs(session, prediction_id, text, now=now, progress=progress)
+            moved = store.append_logs(
+                session, prediction_id, text, now=now, progress=progress, owner=owner
+            )
             return self._publish(EventKind.LOGS, moved)
 
-    def set_output(self, prediction_id: str, output: Any) -> Prediction | None:
+    def set_output(
+        self, prediction_id: str, output: Any, owner: str | None = None
+    ) -> Prediction | None:
         with self._lock(prediction_id), db.connect(self._sessions) as session:
-            moved = store.set_output(session, prediction_id, output, now=self._clock.now())
+            moved = store.set_output(
+                session, prediction_id, output, now=self._clock.now(), owner=owner
+            )
             return self._publish(EventKind.OUTPUT, moved)
 
     # -- after it ended -------------------------------------------------------------

@@ -18,6 +18,7 @@ from repligate.errors import (
     InvalidVersion,
     ModelUnavailable,
     NotFound,
+    QueueUnavailable,
     RepligateError,
     StorageUnavailable,
 )
@@ -49,6 +50,7 @@ STATUS_BY_ERROR: list[tuple[type[RepligateError], int]] = [
     (TooManyRunning, 429),
     (QuotaExhausted, 402),
     (StorageUnavailable, 503),
+    (QueueUnavailable, 503),
 ]
 
 

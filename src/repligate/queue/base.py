@@ -7,7 +7,13 @@ from typing import Protocol
 
 
 class Queue(Protocol):
-    def submit(self, prediction_id: str) -> None: ...
+    # True when queued predictions outlive this process (a broker keeps them); False when
+    # they live in its memory, so a restart queues the `starting` ones again.
+    durable: bool
+
+    def submit(self, prediction_id: str, model: str = "") -> None:
+        """Queue a `starting` prediction of ``model`` (owner/name: a broker routes by it)."""
+        ...
 
     def cancel(self, prediction_id: str) -> None:
         """Ask the worker running ``prediction_id`` to stop at its next step."""

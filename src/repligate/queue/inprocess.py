@@ -27,6 +27,8 @@ _HAND_BACK_SECONDS = 10.0
 
 
 class InProcessQueue:
+    durable = False
+
     def __init__(
         self,
         execute: Callable[[str], None],
@@ -98,7 +100,7 @@ class InProcessQueue:
         with self._lock:
             return sorted(self._running.values())
 
-    def submit(self, prediction_id: str) -> None:
+    def submit(self, prediction_id: str, model: str = "") -> None:
         self._jobs.put(prediction_id)
 
     def cancel(self, prediction_id: str) -> None:

@@ -38,7 +38,7 @@ _GET_FOR_TOKEN = (
 )
 
 
-def _record(row: Any) -> Prediction:
+def record(row: Any) -> Prediction:
     return Prediction(
         id=row.id,
         api_key_id=row.api_key_id,
@@ -62,6 +62,7 @@ def _record(row: Any) -> Prediction:
         api_prefix=row.api_prefix or "",
         data_removed=bool(row.data_removed),
         progress=RunProgress.from_json(row.progress),
+        attempts=row.attempts or 0,
     )
 
 
@@ -97,7 +98,7 @@ def insert(session: Db, prediction: Prediction) -> None:
 
 def get(session: Db, prediction_id: str) -> Prediction | None:
     row = session.execute(_GET, {"prediction_id": prediction_id}).one_or_none()
-    return _record(row) if row is not None else None
+    return record(row) if row is not None else None
 
 
 def get_for_token(session: Db, prediction_id: str, token_hash: str) -> Prediction | None:
@@ -105,7 +106,7 @@ def get_for_token(session: Db, prediction_id: str, token_hash: str) -> Predictio
     such prediction, someone else's, or no such active key: the caller tells which)."""
     parameters = {"prediction_id": prediction_id, "token_hash": token_hash}
     row = session.execute(_GET_FOR_TOKEN, parameters).one_or_none()
-    return _record(row) if row is not None else None
+    return record(row) if row is not None else None
 
 
 def page(
@@ -143,9 +144,9 @@ def page(
         query = query.where(PredictionRow.created_at < created_before)
     if after is not None:
         query = query.order_by(PredictionRow.created_at.asc(), PredictionRow.id.asc())
-        return [_record(r) for r in reversed(list(session.execute(query.limit(limit))))]
+        return [record(r) for r in reversed(list(session.execute(query.limit(limit))))]
     query = query.order_by(PredictionRow.created_at.desc(), PredictionRow.id.desc())
-    return [_record(r) for r in session.execute(query.limit(limit))]
+    return [record(r) for r in session.execute(query.limit(limit))]
 
 
 def _clean_text(text: str) -> str:
@@ -164,19 +165,29 @@ def _clean(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=256)
-def _update_statement(statuses: tuple[str, ...], names: tuple[str, ...], append: bool) -> Any:
+def _update_statement(
+    statuses: tuple[str, ...],
+    names: tuple[str, ...],
+    append: bool,
+    owned: bool = False,
+    lease_expired: bool = False,
+) -> Any:
     """``UPDATE ... WHERE id AND status IN statuses RETURNING *`` setting ``names`` (and
-    appending to the logs), built once per shape: the values travel as parameters."""
+    appending to the logs), built once per shape: the values travel as parameters.
+
+    ``owned``: only while the lease is the given owner's (a worker's own writes, so one
+    whose lease was taken over writes nothing more). ``lease_expired``: only when the
+    lease ran out before a given time (the reaper's moves, leases.py)."""
     values: dict[str, Any] = {name: bindparam(f"set_{name}", type_=_C[name].type) for name in names}
     if append:
         values["logs"] = _C.logs + bindparam("append_logs", type_=_C.logs.type)
     condition = _C.status == statuses[0] if len(statuses) == 1 else _C.status.in_(statuses)
-    return (
-        update(_TABLE)
-        .where(_C.id == bindparam("prediction_id"), condition)
-        .values(values)
-        .returning(*_C)
-    )
+    conditions = [_C.id == bindparam("prediction_id"), condition]
+    if owned:
+        conditions.append(_C.lease_owner == bindparam("lease_owner_is"))
+    if lease_expired:
+        conditions.append(_C.lease_expires_at < bindparam("lease_expired_before"))
+    return update(_TABLE).where(*conditions).values(values).returning(*_C)
 
 
 def _update_returning(
@@ -187,6 +198,8 @@ def _update_returning(
     append_logs: str | None = None,
     webhook_event: str | None = None,
     now: datetime | None = None,
+    owner: str | None = None,
+    lease_expired_before: datetime | None = None,
 ) -> Prediction | None:
     """One ``UPDATE ... WHERE id AND status IN statuses RETURNING *``: the compare-and-set
     and the read of the prediction as it now stands, in one statement.
@@ -196,14 +209,22 @@ def _update_returning(
     delivery joins the outbox in the same transaction (``webhooks.enqueue``)."""
     values = _clean(values)
     statement = _update_statement(
-        tuple(s.value for s in statuses), tuple(sorted(values)), append_logs is not None
+        tuple(s.value for s in statuses),
+        tuple(sorted(values)),
+        append_logs is not None,
+        owner is not None,
+        lease_expired_before is not None,
     )
     parameters = {f"set_{name}": value for name, value in values.items()}
     parameters["prediction_id"] = prediction_id
+    if owner is not None:
+        parameters["lease_owner_is"] = owner
+    if lease_expired_before is not None:
+        parameters["lease_expired_before"] = lease_expired_before
     if append_logs is not None:
         parameters["append_logs"] = _clean_text(append_logs)
     row = session.execute(statement, parameters).one_or_none()
-    prediction = _record(row) if row is not None else None
+    prediction = record(row) if row is not None else None
     if prediction is not None and webhook_event is not None and prediction.webhook is not None:
         webhooks.enqueue(session, prediction, webhook_event, now or prediction.created_at)
     session.commit()
@@ -219,6 +240,8 @@ def move(
     append_logs: str | None = None,
     webhook_event: str | None = None,
     now: datetime | None = None,
+    owner: str | None = None,
+    lease_expired_before: datetime | None = None,
     **fields: Any,
 ) -> Prediction | None:
     """Apply a status change if the lifecycle allows it from the current status.
@@ -244,6 +267,8 @@ def move(
         append_logs=append_logs,
         webhook_event=webhook_event,
         now=now,
+        owner=owner,
+        lease_expired_before=lease_expired_before,
     )
 
 
@@ -254,6 +279,7 @@ def append_logs(
     *,
     now: datetime | None = None,
     progress: RunProgress | None = None,
+    owner: str | None = None,
 ) -> Prediction | None:
     """Add to the logs of a running prediction (and set its progress, when given). None
     when it is no longer running (canceled by another request or process): the worker's
@@ -266,11 +292,17 @@ def append_logs(
         append_logs=text,
         webhook_event="logs",
         now=now,
+        owner=owner,
     )
 
 
 def set_output(
-    session: Db, prediction_id: str, output: Any, *, now: datetime | None = None
+    session: Db,
+    prediction_id: str,
+    output: Any,
+    *,
+    now: datetime | None = None,
+    owner: str | None = None,
 ) -> Prediction | None:
     """Replace the output of a running prediction (it grows while it runs)."""
     return _update_returning(
@@ -280,6 +312,7 @@ def set_output(
         {"output": output},
         webhook_event="output",
         now=now,
+        owner=owner,
     )
 
 
@@ -290,7 +323,7 @@ def unfinished(session: Db) -> list[Prediction]:
         .where(PredictionRow.status.in_([Status.STARTING.value, Status.PROCESSING.value]))
         .order_by(PredictionRow.created_at)
     )
-    return [_record(r) for r in rows]
+    return [record(r) for r in rows]
 
 
 def count_for_model(session: Db, model: str) -> int:

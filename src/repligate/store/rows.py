@@ -98,6 +98,11 @@ class PredictionRow(Base):
     data_removed: Mapped[bool] = mapped_column(Boolean, default=False)
     # The last step (and frame) its runner reported: records.RunProgress as JSON.
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The worker running it and until when its lease holds (leases.py); how many times a
+    # worker claimed it (a rerun after a lost worker counts again).
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class FileRow(Base):

@@ -22,6 +22,8 @@ from repligate.runners.base import RunContext
 class ManualQueue:
     """A queue whose jobs run inline (in ``submit``) or when the test says so."""
 
+    durable = False
+
     def __init__(
         self, execute: Callable[[str], None], flags: CancelFlags, *, inline: bool = False
     ) -> None:
@@ -36,7 +38,7 @@ class ManualQueue:
         """For ``build_container(queue=...)``; the built queue is ``container.queue``."""
         return lambda execute, flags: cls(execute, flags, inline=inline)
 
-    def submit(self, prediction_id: str) -> None:
+    def submit(self, prediction_id: str, model: str = "") -> None:
         if self.inline:
             self._execute(prediction_id)
             return

@@ -1,0 +1,133 @@
+"""``repligate worker``: a Celery worker process that runs the predictions of the models it
+is given (``REPLIGATE_QUEUE=celery``), on this host's devices.
+
+It builds the same core as an API process (``runtime.py``: database, storage, runners,
+event bus, transition point, executor under leases) and consumes one queue per model.
+Its tasks run in long-lived threads, as the in-process queue's do (torch gives each
+calling thread its own OpenMP team).
+
+- Cancels: a cancel made in any API process arrives on the event bus and stops the run
+  at its next step.
+- Usage records are written here, where the predictions end.
+- SIGTERM (warm shutdown): no new task is taken; running predictions get
+  ``REPLIGATE_SHUTDOWN_GRACE_SECONDS`` to finish, then are handed back (``starting``
+  again, on the queue again) and stop at their next step. Their messages are
+  acknowledged only once the task returns.
+- SIGKILL, a lost host: the leases stop being renewed, and the API processes' reaper
+  queues the predictions again (leases.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from repligate import backends
+from repligate.bus import local_only
+from repligate.queue.celery_app import TASK_NAME, make_celery, queue_name
+from repligate.queue.celery_queue import CeleryQueue
+from repligate.runtime import Core, build_core
+from repligate.settings import Settings
+from repligate.usage import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+
+def chosen_models(core: Core, names: Sequence[str]) -> list[str]:
+    """The ``owner/name`` of each model asked for (all known ones when none is), or
+    ValueError naming the unknown ones and the known ones."""
+    known = [spec.ref for spec in core.registry.all()]
+    if not names:
+        return known
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(
+            f"unknown model(s): {', '.join(unknown)}; this server knows: {', '.join(known)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+class Worker:
+    def __init__(self, settings: Settings, models: Sequence[str], concurrency: int) -> None:
+        if settings.queue != "celery":
+            raise ValueError("repligate worker needs REPLIGATE_QUEUE=celery (and a broker)")
+        self.settings = settings
+        self.core = build_core(settings)
+        self.models = chosen_models(self.core, models)
+        self.concurrency = concurrency
+        self.celery = make_celery(settings)
+        self._usage = UsageRecorder(self.core.sessions, self.core.storage, self.core.registry)
+        self.core.bus.subscribe(local_only(self._usage.on_event))
+        self.core.bus.subscribe(backends.remote_cancels(self.core.flags.set))
+        # A handed-back prediction is `starting` again; its message is acknowledged when
+        # the task returns, so a new one carries it.
+        requeue = CeleryQueue(self.celery, settings.celery_queue_prefix, self.core.flags)
+        self.core.executor.on_hand_back = lambda p: requeue.submit(p.id, p.model)
+        self._register_task()
+        self._grace_timer: threading.Timer | None = None
+
+    def _register_task(self) -> None:
+        executor = self.core.executor
+
+        @self.celery.task(name=TASK_NAME, ignore_result=True)
+        def run_prediction(prediction_id: str) -> None:
+            executor.execute(prediction_id)
+
+    def queues(self) -> list[str]:
+        return [queue_name(self.settings.celery_queue_prefix, model) for model in self.models]
+
+    def hand_back_running(self) -> list[str]:
+        """Tell every running prediction to stop at its next step and go back to the
+        queue (the end of the shutdown grace period)."""
+        running = sorted(self.core.leases.held())
+        for prediction_id in running:
+            self.core.flags.hand_back(prediction_id)
+        if running:
+            log.warning("shutdown: grace period over; handing back %s", ", ".join(running))
+        return running
+
+    def _on_shutting_down(self, **_: Any) -> None:
+        running = sorted(self.core.leases.held())
+        if not running:
+            return
+        log.info(
+            "shutdown: waiting up to %.0f s for %s to finish",
+            self.settings.shutdown_grace_seconds,
+            ", ".join(running),
+        )
+        self._grace_timer = threading.Timer(
+            self.settings.shutdown_grace_seconds, self.hand_back_running
+        )
+        self._grace_timer.daemon = True
+        self._grace_timer.start()
+
+    def run(self) -> None:
+        """Consume until a signal stops the worker (blocking)."""
+        from celery import signals
+
+        signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+        worker = self.celery.Worker(
+            queues=self.queues(),
+            pool="threads",
+            concurrency=self.concurrency,
+            loglevel="INFO",
+            without_gossip=True,
+            without_mingle=True,
+            without_heartbeat=True,
+            optimization="fair",
+        )
+        try:
+            worker.start()
+        finally:
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            self.close()
+
+    def close(self) -> None:
+        self.core.leases.stop()
+        self._usage.close()
+        self.core.bus.close()
+        self.celery.close()
+        self.core.engine.dispose()
