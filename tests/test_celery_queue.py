@@ -38,7 +38,7 @@ SD = "stability-ai/stable-diffusion"
 REMBG = "cjwbw/rembg"
 QUICK = {"prompt": "a fox", "width": 64, "height": 64, "num_inference_steps": 2}
 # Long enough to be caught mid-run on any machine: every step writes a log line.
-SLOW = {"prompt": "a fox", "width": 64, "height": 64, "num_inference_steps": 500}
+SLOW = {"prompt": "a fox", "width": 64, "height": 64, "num_inference_steps": 150}
 
 
 class Deployment:
@@ -98,7 +98,7 @@ class Deployment:
 
     def running_on(self, prediction_id: str, workers: list[WorkerProcess]) -> WorkerProcess:
         """Wait until a worker is mid-run (its steps show in the logs); that worker."""
-        self.until(prediction_id, lambda p: p["status"] == "processing" and "3/500" in p["logs"])
+        self.until(prediction_id, lambda p: p["status"] == "processing" and "3/150" in p["logs"])
         owner = self.lease_owner(prediction_id) or ""
         for worker in workers:
             if f":{worker.pid}:" in owner:
@@ -206,7 +206,7 @@ def test_a_cancel_in_the_api_stops_the_run_on_the_worker(deployment: Deployment)
     assert deployment.finished(quick)["status"] == "succeeded"
     canceled = deployment.get(prediction_id)
     assert canceled["status"] == "canceled"
-    assert "500/500" not in canceled["logs"]
+    assert "150/150" not in canceled["logs"]
 
 
 def test_rabbitmq_as_the_broker(settings: Settings, postgres_url: str) -> None:  # noqa: F811
