@@ -25,6 +25,7 @@ that build a deployment call it in their finalizer, and ``atexit`` catches the r
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -37,6 +38,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,8 +199,10 @@ class Process:
         return self._stderr_path.read_text(errors="replace")
 
     def fail(self, why: str) -> None:
-        pytest.fail(f"{self.name} ({shlex.join(self.argv[3:])}): {why}\n--- its stderr ---\n"
-                    f"{self.stderr()[-6000:]}")
+        pytest.fail(
+            f"{self.name} ({shlex.join(self.argv[3:])}): {why}\n--- its stderr ---\n"
+            f"{self.stderr()[-6000:]}"
+        )
 
     def wait_until(self, ready: Callable[[], bool], what: str) -> None:
         """Until ``ready()``; fails showing stderr if the process exits or the (generous)
@@ -227,14 +231,11 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.killed = True
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             self.popen.wait()
             _LIVE.discard(self)
         return self.popen.returncode
-
 
     def stop_gracefully(self) -> None:
         """SIGTERM; fails, showing stderr, unless it shut down by itself and cleanly."""
@@ -319,11 +320,13 @@ class Deployment:
         self.queue = queue
         self.workdir = workdir
         self._count = 0
+        self._lock = threading.Lock()
         self.processes: list[Process] = []
 
     def _values(self, **more: str) -> dict[str, str]:
-        self._count += 1
-        data_dir = self.workdir / f"data-{self._count}"
+        with self._lock:
+            self._count += 1
+            data_dir = self.workdir / f"data-{self._count}"
         data_dir.mkdir(parents=True)
         return {**self.values, "DATA_DIR": str(data_dir), **more}
 
@@ -354,6 +357,11 @@ class Deployment:
     def create_key(self, name: str) -> str:
         """A new API key's token: the last line ``repligate keys create`` prints."""
         return self.run("keys", KEY_NAME=name).strip().splitlines()[-1]
+
+    def create_keys(self, *names: str) -> dict[str, str]:
+        """Several keys at once (each command is a process start: they overlap)."""
+        with ThreadPoolExecutor(len(names)) as pool:
+            return dict(zip(names, pool.map(self.create_key, names), strict=True))
 
     def start(self) -> None:
         """Once per deployment: the migration, then the queue's own processes."""

@@ -32,8 +32,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 SD_MODEL = "stability-ai/stable-diffusion"
 # The cheapest local prediction: the tiny pipeline at 64x64, two steps.
 CHEAP = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 2}
-# One that runs for a while (500 steps), long enough to stop a process in the middle.
-SLOW = {**CHEAP, "num_inference_steps": 500}
+# One that runs for a while (a few seconds here), long enough to stop a process in the
+# middle of it; nothing depends on how long.
+SLOW = {**CHEAP, "num_inference_steps": 300}
 TERMINAL = {"succeeded", "failed", "canceled"}
 # Generous: a deadline only stops a test that hangs; nothing here is timed.
 DEADLINE_SECONDS = 300.0
@@ -79,6 +80,12 @@ def deployment(
 
 
 @pytest.fixture(scope="module")
+def tokens(deployment: Deployment) -> dict[str, str]:
+    """A key per test (listing is per key, so each sees only its own predictions)."""
+    return deployment.create_keys("one-port", "two-ports", "restart", "burst")
+
+
+@pytest.fixture(scope="module")
 def pair(deployment: Deployment) -> dict[str, ApiProcess]:
     """Two separate API processes (``--workers 1`` each) on two ports: "a" and "b"."""
     return {"a": deployment.start_api(), "b": deployment.start_api()}
@@ -100,14 +107,14 @@ def _get(url: str, token: str, path: str) -> dict[str, Any]:
     return body
 
 
-def _poll(ready: Any, what: str) -> Any:
+def _poll(ready: Any, what: str, interval: float = 0.2) -> Any:
     """``ready()``'s first truthy answer, polled; fails after the generous deadline."""
     stop = threading.Event()
     timer = threading.Timer(DEADLINE_SECONDS, stop.set)
     timer.start()
     try:
         while not (answer := ready()):
-            if stop.wait(0.2):
+            if stop.wait(interval):
                 pytest.fail(f"{what}: not within {DEADLINE_SECONDS:g} s")
         return answer
     finally:
@@ -121,11 +128,11 @@ def _assert_png(url: str, token: str) -> None:
 
 
 def test_the_official_client_against_two_api_processes_on_one_port(
-    deployment: Deployment,
+    deployment: Deployment, tokens: dict[str, str]
 ) -> None:
     api = deployment.start_api(processes=2)  # ready only once both answered /ready
     try:
-        token = deployment.create_key("one-port")
+        token = tokens["one-port"]
         client = replicate.Client(api_token=token, base_url=api.url)
         output = client.run(SD_MODEL, input=CHEAP)
         assert isinstance(output, list) and len(output) == 1
@@ -142,9 +149,9 @@ def test_the_official_client_against_two_api_processes_on_one_port(
 
 
 def test_the_official_client_creates_on_one_process_and_waits_on_the_other(
-    deployment: Deployment, pair: dict[str, ApiProcess]
+    tokens: dict[str, str], pair: dict[str, ApiProcess]
 ) -> None:
-    token = deployment.create_key("two-ports")
+    token = tokens["two-ports"]
     on_a = replicate.Client(api_token=token, base_url=pair["a"].url)
     on_b = replicate.Client(api_token=token, base_url=pair["b"].url)
     created = on_a.predictions.create(version=SD_VERSION, input=CHEAP)
@@ -159,9 +166,9 @@ def test_the_official_client_creates_on_one_process_and_waits_on_the_other(
 
 
 def test_an_api_process_stopped_during_a_sync_wait_loses_nothing(
-    deployment: Deployment, pair: dict[str, ApiProcess]
+    deployment: Deployment, tokens: dict[str, str], pair: dict[str, ApiProcess]
 ) -> None:
-    token = deployment.create_key("restart")
+    token = tokens["restart"]
     a, b = pair["a"], pair["b"]
     answers: list[httpx.Response] = []
 
@@ -180,9 +187,7 @@ def test_an_api_process_stopped_during_a_sync_wait_loses_nothing(
     # B lists what A created; the signal comes once A runs it (the wait is then held).
     listed = _poll(
         lambda: [
-            p
-            for p in _get(b.url, token, "/v1/predictions")["results"]
-            if p["status"] != "starting"
+            p for p in _get(b.url, token, "/v1/predictions")["results"] if p["status"] != "starting"
         ],
         "the prediction running on A",
     )
@@ -198,9 +203,10 @@ def test_an_api_process_stopped_during_a_sync_wait_loses_nothing(
     # A comes back with the same command, on the same port.
     pair["a"] = a = deployment.restart(a)
     done = _poll(
-        lambda: (p := _get(b.url, token, f"/v1/predictions/{prediction_id}"))["status"]
-        in TERMINAL
-        and p,
+        lambda: (
+            (p := _get(b.url, token, f"/v1/predictions/{prediction_id}"))["status"] in TERMINAL
+            and p
+        ),
         "the prediction finishing",
     )
     assert done["status"] == "succeeded", done["error"]
@@ -209,9 +215,9 @@ def test_an_api_process_stopped_during_a_sync_wait_loses_nothing(
 
 
 def test_200_concurrent_creates_on_two_processes_each_run_once(
-    deployment: Deployment, pair: dict[str, ApiProcess], postgres_url: str
+    tokens: dict[str, str], pair: dict[str, ApiProcess], postgres_url: str
 ) -> None:
-    token = deployment.create_key("burst")
+    token = tokens["burst"]
     headers = {"Authorization": f"Bearer {token}"}
 
     async def create_all() -> list[httpx.Response]:
@@ -236,23 +242,23 @@ def test_200_concurrent_creates_on_two_processes_each_run_once(
     ids = {r.json()["id"] for r in responses}
     assert len(ids) == 200
 
-    def listed() -> dict[str, str]:
-        seen: dict[str, str] = {}
-        path: str | None = "/v1/predictions"
-        while path:
-            page = _get(pair["b"].url, token, path)
-            seen.update({p["id"]: p["status"] for p in page["results"]})
-            path = page["next"][page["next"].index("/v1/") :] if page["next"] else None
-        return seen
-
-    statuses = _poll(
-        lambda: (s := listed()) and all(v in TERMINAL for v in s.values()) and s,
-        "200 predictions finishing",
-    )
-    assert statuses == dict.fromkeys(ids, "succeeded")
-    # Read-only, from the database: each ran once (one start, one run in its logs).
+    # Until all are done, the database says how many are (one query, read-only); then
+    # the API lists them as a client sees them.
     engine = create_engine(postgres_url)
     try:
+
+        def finished() -> bool:
+            with engine.connect() as connection:
+                count = connection.execute(
+                    text(
+                        "SELECT count(*) FROM predictions WHERE id = ANY(:ids) AND status IN "
+                        "('succeeded', 'failed', 'canceled')"
+                    ),
+                    {"ids": sorted(ids)},
+                ).scalar()
+            return count == len(ids)
+
+        _poll(finished, "200 predictions finishing", interval=1.0)
         with engine.connect() as connection:
             rows = connection.execute(
                 text("SELECT id, started_at, logs FROM predictions WHERE id = ANY(:ids)"),
@@ -260,17 +266,31 @@ def test_200_concurrent_creates_on_two_processes_each_run_once(
             ).all()
     finally:
         engine.dispose()
+    assert _listed(pair["b"].url, token) == dict.fromkeys(ids, "succeeded")
+    # Each ran once: one start, and one run in its logs.
     assert len(rows) == 200
     for prediction_id, started_at, logs in rows:
         assert started_at is not None, prediction_id
         assert (logs or "").count("Using seed:") == 1, (prediction_id, logs)
 
 
+def _listed(url: str, token: str) -> dict[str, str]:
+    """Every prediction of the key, as ``GET /v1/predictions`` pages through them."""
+    seen: dict[str, str] = {}
+    path: str | None = "/v1/predictions"
+    while path:
+        page = _get(url, token, path)
+        seen.update({p["id"]: p["status"] for p in page["results"]})
+        path = page["next"][page["next"].index("/v1/") :] if page["next"] else None
+    return seen
+
+
 def test_every_guide_block_is_run(request: pytest.FixtureRequest) -> None:
     """Every ``<!-- scaleout: NAME -->`` block of the README was run by a test above, so
     the guide cannot hold a command no test starts. Meaningful only when the whole
     module ran (last, with its services there)."""
-    here = [item for item in request.session.items if item.module is request.module]
+    module = request.node.nodeid.split("::")[0]
+    here = [item for item in request.session.items if item.nodeid.split("::")[0] == module]
     if len(here) < len(_TESTS):
         pytest.skip("only part of this module was selected: run it whole to compare")
     if not {"env", "api"} <= processes.STARTED:
