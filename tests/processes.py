@@ -55,6 +55,7 @@ PLACEHOLDERS = {
     "REDIS_URL": "the Redis on 127.0.0.1:6379",
     "EVENT_CHANNEL": "a pub/sub channel of its own per deployment",
     "BROKER_URL": "the Celery broker (with the Celery queue only)",
+    "QUEUE_PREFIX": "Celery queue names of their own per deployment (Celery queue only)",
     "S3_BUCKET": "moto's bucket",
     "S3_ENDPOINT_URL": "moto's S3 server on a loopback port",
     "SECRET_KEY": "a random secret per deployment",
