@@ -308,7 +308,8 @@ class QueueSetup:
 IN_PROCESS = QueueSetup("in-process")
 # TODO(coordinator): once REPLIGATE_QUEUE=celery and `repligate worker` are merged:
 # CELERY = QueueSetup("celery", env_blocks=("queue",), processes=(ExtraProcess(
-#     "worker", {"MODELS": "stability-ai/stable-diffusion"}, ready_text="ready."),))
+#     "worker", {"MODELS": "stability-ai/stable-diffusion"},
+#     ready_text="..."),))  # what `repligate worker` prints once it consumes (Celery: "ready.")
 
 
 class Deployment:
