@@ -6,6 +6,7 @@ Against the real Redis on 127.0.0.1:6379 (skipped, saying why, when none answers
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -220,3 +221,44 @@ def test_an_unreachable_bus_stops_the_start_saying_where(tmp_path: Path) -> None
     settings = Settings(data_dir=tmp_path / "data", event_bus_url="redis://127.0.0.1:1/0")
     with pytest.raises(redis.ConnectionError, match=r"127\.0\.0\.1:1\b"):
         build_container(settings)
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def test_ready_reports_the_bus_and_is_503_once_its_redis_is_gone(settings: Settings) -> None:
+    """A Redis of the test's own (it is stopped midway), so the shared one stays up."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from repligate.app import create_app
+    from tests.processes import Process, free_port
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("no redis-server binary to start a Redis of this test's own")
+    port = free_port()
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    server = Process("redis", [*argv, "--appendonly", "no"], env, settings.data_dir / "logs")
+    try:
+        settings.event_bus_url = f"redis://127.0.0.1:{port}/0"
+        server.wait_until(lambda: _pings(str(settings.event_bus_url)), "answering PING")
+        with TestClient(create_app(settings)) as client:
+            ready = client.get("/ready")
+            assert ready.status_code == 200, ready.text
+            assert ready.json()["checks"] == {"database": "ok", "storage": "ok", "bus": "ok"}
+            server.stop()
+            gone = client.get("/ready")
+            assert gone.status_code == 503, gone.text
+            checks = gone.json()["checks"]
+            assert (checks["database"], checks["storage"]) == ("ok", "ok")
+            assert checks["bus"].startswith("ConnectionError"), checks
+            assert f"127.0.0.1:{port}" in checks["bus"]
+            assert client.get("/health").status_code == 200  # /health touches nothing
+    finally:
+        server.stop()

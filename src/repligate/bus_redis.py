@@ -87,6 +87,12 @@ class RedisBus:
             # end at their timeout and read the row.
             log.exception("could not publish %s of %s", event.kind, event.prediction.id)
 
+    def ready_check(self) -> None:
+        """``GET /ready``'s check (readiness.py): Redis answers a PING. Publishing is
+        fire-and-forget, so without this a Redis that went away would only show as
+        waiters and streams on other processes waking late."""
+        self._client.ping()
+
     def close(self) -> None:
         self._stopping.set()
         self._thread.join(timeout=5)
