@@ -88,7 +88,9 @@ class Stack:
             worker.stop(signal.SIGKILL, wait=10)
 
 
-def stack_env(settings: Settings, database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
+def stack_env(
+    settings: Settings, database_url: str, broker_url: str, **extra: str
+) -> dict[str, str]:
     """The environment of every process of one deployment: its own queue names and event
     channel, so tests sharing a broker never hear each other."""
     tag = uuid.uuid4().hex[:8]

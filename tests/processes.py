@@ -304,12 +304,15 @@ class QueueSetup:
     processes: tuple[ExtraProcess, ...] = ()
 
 
-# The embedded queue: each API process runs predictions itself (what main has today).
-IN_PROCESS = QueueSetup("in-process")
-# TODO(coordinator): once REPLIGATE_QUEUE=celery and `repligate worker` are merged:
-# CELERY = QueueSetup("celery", env_blocks=("queue",), processes=(ExtraProcess(
-#     "worker", {"MODELS": "stability-ai/stable-diffusion"},
-#     ready_text="..."),))  # what `repligate worker` prints once it consumes (Celery: "ready.")
+# The Celery queue: API processes queue predictions on the broker; a `repligate worker`
+# (the guide's command) runs them. Celery logs "ready." once the worker consumes.
+CELERY = QueueSetup(
+    "celery",
+    env_blocks=("queue",),
+    processes=(
+        ExtraProcess("worker", {"MODELS": "stability-ai/stable-diffusion"}, ready_text="ready."),
+    ),
+)
 
 
 class Deployment:

@@ -31,7 +31,7 @@ from tests.celery_workers import (
     settings_of,
     stack_env,
 )
-from tests.celery_workers import postgres_url as postgres_url  # noqa: F401 (fixture)
+from tests.celery_workers import postgres_url as postgres_url
 from tests.conftest import make_token
 
 SD = "stability-ai/stable-diffusion"
@@ -112,9 +112,7 @@ class Deployment:
         return Image.open(io.BytesIO(response.content))
 
 
-def _deploy(
-    settings: Settings, database_url: str, broker: str, **env: str
-) -> Iterator[Deployment]:
+def _deploy(settings: Settings, database_url: str, broker: str, **env: str) -> Iterator[Deployment]:
     require_service(broker, "the broker")
     require_service("redis://127.0.0.1:6379", "Redis (the event bus)")
     stack = Stack(stack_env(settings, database_url, broker, **env), settings.data_dir)
@@ -127,18 +125,20 @@ def _deploy(
 
 
 @pytest.fixture
-def deployment(settings: Settings, postgres_url: str) -> Iterator[Deployment]:  # noqa: F811
+def deployment(settings: Settings, postgres_url: str) -> Iterator[Deployment]:
     yield from _deploy(settings, postgres_url, REDIS_BROKER)
 
 
 @pytest.fixture
-def one_try(settings: Settings, postgres_url: str) -> Iterator[Deployment]:  # noqa: F811
+def one_try(settings: Settings, postgres_url: str) -> Iterator[Deployment]:
     yield from _deploy(settings, postgres_url, REDIS_BROKER, REPLIGATE_MAX_ATTEMPTS="1")
 
 
 def test_workers_run_only_their_models(deployment: Deployment) -> None:
     sd_worker = deployment.stack.start_worker("--models", SD)
     rembg_worker = deployment.stack.start_worker("--models", REMBG)
+    ready = deployment.client.get("/ready").json()
+    assert ready["checks"]["broker"] == "ok" and ready["checks"]["bus"] == "ok", ready
     sd_id = deployment.create(SD, QUICK)
     picture = deployment.get(sd_id)
     done = deployment.finished(sd_id)
@@ -209,7 +209,7 @@ def test_a_cancel_in_the_api_stops_the_run_on_the_worker(deployment: Deployment)
     assert "150/150" not in canceled["logs"]
 
 
-def test_rabbitmq_as_the_broker(settings: Settings, postgres_url: str) -> None:  # noqa: F811
+def test_rabbitmq_as_the_broker(settings: Settings, postgres_url: str) -> None:
     for deployment in _deploy(settings, postgres_url, RABBIT_BROKER):
         deployment.stack.start_worker("--models", SD)
         prediction_id = deployment.create(SD, QUICK)
@@ -219,7 +219,7 @@ def test_rabbitmq_as_the_broker(settings: Settings, postgres_url: str) -> None: 
 
 def test_a_broker_that_is_down_answers_503_and_leaves_nothing_queued(
     settings: Settings,
-    postgres_url: str,  # noqa: F811
+    postgres_url: str,
 ) -> None:
     env = stack_env(settings, postgres_url, "redis://127.0.0.1:9/0")  # nothing listens on 9
     with TestClient(create_app(settings_of(settings, env))) as client:
@@ -230,6 +230,12 @@ def test_a_broker_that_is_down_answers_503_and_leaves_nothing_queued(
         listed = client.get("/v1/predictions", headers=auth).json()["results"]
         assert [p["status"] for p in listed] == ["failed"]
         assert "broker is unavailable" in listed[0]["error"]
+        # The load balancer's probe says which part is down; liveness stays cheap.
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["database"] == "ok"
+        assert ready.json()["checks"]["broker"] != "ok"
+        assert client.get("/health").status_code == 200
 
 
 def _data_uri(image: Image.Image) -> str:

@@ -3,8 +3,9 @@ guide's own commands (``tests/processes.py`` reads them from README.md), on Post
 Redis and S3 (moto's server) over real connections. Skipped, saying why, when
 PostgreSQL (127.0.0.1:5432) or Redis (127.0.0.1:6379) does not answer.
 
-One deployment for the module (one database, one bus channel, one bucket); its API
-processes run predictions themselves (the in-process queue: ``processes.IN_PROCESS``).
+One deployment for the module (one database, one bus channel, one bucket, one broker
+queue prefix), as the guide recommends it: API processes queue predictions on Celery
+(Redis as the broker) and a ``repligate worker`` runs them (``processes.CELERY``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.s3_server import BUCKET, s3_endpoint  # noqa: F401  (a fixture)
 from tests.test_store import temporary_postgres_url
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+BROKER_URL = "redis://127.0.0.1:6379/1"
 SD_MODEL = "stability-ai/stable-diffusion"
 # The cheapest local prediction: the tiny pipeline at 64x64, two steps.
 CHEAP = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 2}
@@ -70,8 +72,10 @@ def deployment(
         "S3_ENDPOINT_URL": s3_endpoint,
         "SECRET_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
         "WEIGHTS_DIR": str(tiny_weights),
+        "BROKER_URL": BROKER_URL,
+        "QUEUE_PREFIX": f"repligate-test-{uuid.uuid4().hex[:8]}",
     }
-    stack = Deployment(values, processes.IN_PROCESS, tmp_path_factory.mktemp("scaleout"))
+    stack = Deployment(values, processes.CELERY, tmp_path_factory.mktemp("scaleout"))
     try:
         stack.start()
         yield stack
@@ -192,7 +196,7 @@ def test_an_api_process_stopped_during_a_sync_wait_loses_nothing(
         "the prediction running on A",
     )
     prediction_id = listed[0]["id"]
-    a.stop_gracefully()  # SIGTERM: A finishes its run or hands it back
+    a.stop_gracefully()  # SIGTERM: A answers its held wait at once (the worker runs on)
     waiting.join(DEADLINE_SECONDS)
     assert not waiting.is_alive()
     # The client got the prediction as it stood, not an error.
@@ -261,7 +265,7 @@ def test_200_concurrent_creates_on_two_processes_each_run_once(
         _poll(finished, "200 predictions finishing", interval=1.0)
         with engine.connect() as connection:
             rows = connection.execute(
-                text("SELECT id, started_at, logs FROM predictions WHERE id = ANY(:ids)"),
+                text("SELECT id, started_at, logs, attempts FROM predictions WHERE id = ANY(:ids)"),
                 {"ids": sorted(ids)},
             ).all()
     finally:
@@ -269,9 +273,10 @@ def test_200_concurrent_creates_on_two_processes_each_run_once(
     assert _listed(pair["b"].url, token) == dict.fromkeys(ids, "succeeded")
     # Each ran once: one start, and one run in its logs.
     assert len(rows) == 200
-    for prediction_id, started_at, logs in rows:
+    for prediction_id, started_at, logs, attempts in rows:
         assert started_at is not None, prediction_id
         assert (logs or "").count("Using seed:") == 1, (prediction_id, logs)
+        assert attempts == 1, (prediction_id, attempts)  # claimed once, by one worker
 
 
 def _listed(url: str, token: str) -> dict[str, str]:
@@ -295,10 +300,7 @@ def test_every_guide_block_is_run(request: pytest.FixtureRequest) -> None:
         pytest.skip("only part of this module was selected: run it whole to compare")
     if not {"env", "api"} <= processes.STARTED:
         pytest.skip("the scale-out tests did not run (their services are absent)")
-    # TODO(coordinator): the Celery queue and `repligate worker` are on another branch;
-    # once merged, add processes.CELERY to the tests above and drop these two.
-    not_yet = {"queue", "worker"}
-    assert set(processes.guide_blocks()) - processes.STARTED == not_yet
+    assert set(processes.guide_blocks()) - processes.STARTED == set()
 
 
 def test_the_guide_parses_and_names_only_known_placeholders() -> None:

@@ -61,7 +61,7 @@ class CeleryQueue:
         # Nothing runs here; queued tasks stay with the broker.
         self.app.close()
 
-    def ping(self) -> None:
+    def ready_check(self) -> None:
         """Raises unless the broker answers (``GET /ready``)."""
         with self.app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
