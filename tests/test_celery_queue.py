@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -33,6 +34,7 @@ from tests.celery_workers import (
 )
 from tests.celery_workers import postgres_url as postgres_url
 from tests.conftest import make_token
+from tests.s3_server import free_port
 
 SD = "stability-ai/stable-diffusion"
 REMBG = "cjwbw/rembg"
@@ -135,7 +137,8 @@ def one_try(settings: Settings, postgres_url: str) -> Iterator[Deployment]:
 
 
 def test_workers_run_only_their_models(deployment: Deployment) -> None:
-    sd_worker = deployment.stack.start_worker("--models", SD)
+    metrics_port = free_port()
+    sd_worker = deployment.stack.start_worker("--models", SD, "--metrics-port", str(metrics_port))
     rembg_worker = deployment.stack.start_worker("--models", REMBG)
     ready = deployment.client.get("/ready").json()
     assert ready["checks"]["broker"] == "ok" and ready["checks"]["bus"] == "ok", ready
@@ -152,6 +155,9 @@ def test_workers_run_only_their_models(deployment: Deployment) -> None:
     assert f":{sd_worker.pid}:" in (deployment.lease_owner(sd_id) or "")
     assert f":{rembg_worker.pid}:" in (deployment.lease_owner(rembg_id) or "")
     assert deployment.row(sd_id).attempts == deployment.row(rembg_id).attempts == 1
+    # The worker counts what ended there, for Prometheus to scrape.
+    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).text
+    assert f'repligate_predictions_total{{model="{SD}",status="succeeded"}} 1.0' in scraped
     assert picture["status"] in ("starting", "processing", "succeeded")
 
 

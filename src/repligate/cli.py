@@ -134,6 +134,10 @@ def worker(
         int | None,
         typer.Option(min=1, help="Predictions run at once (default: concurrency per device)"),
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve this worker's Prometheus metrics on this port (/metrics)"),
+    ] = None,
 ) -> None:
     """Run predictions from the Celery broker (REPLIGATE_QUEUE=celery) on this host."""
     from repligate.store.migrate import PendingMigrations
@@ -145,7 +149,9 @@ def worker(
         # Migrated by `repligate migrate` or an API process; a worker only checks.
         _sessions(settings, refuse_pending=True)
         names = [name.strip() for name in (models or "").split(",") if name.strip()]
-        running = Worker(settings, names, concurrency or settings.concurrency_per_device)
+        running = Worker(
+            settings, names, concurrency or settings.concurrency_per_device, metrics_port
+        )
     except (PendingMigrations, ValueError) as exc:
         console.print(f"[bold red]refusing to start:[/bold red] {exc}")
         raise typer.Exit(code=2) from None

@@ -15,6 +15,8 @@ calling thread its own OpenMP team).
   acknowledged only once the task returns.
 - SIGKILL, a lost host: the leases stop being renewed, and the API processes' reaper
   queues the predictions again (leases.py).
+- Metrics: the predictions that end here are counted here (an API process counts only
+  its own events); ``--metrics-port`` serves them for Prometheus to scrape.
 """
 
 from __future__ import annotations
@@ -50,13 +52,20 @@ def chosen_models(core: Core, names: Sequence[str]) -> list[str]:
 
 
 class Worker:
-    def __init__(self, settings: Settings, models: Sequence[str], concurrency: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        models: Sequence[str],
+        concurrency: int,
+        metrics_port: int | None = None,
+    ) -> None:
         if settings.queue != "celery":
             raise ValueError("repligate worker needs REPLIGATE_QUEUE=celery (and a broker)")
         self.settings = settings
         self.core = build_core(settings)
         self.models = chosen_models(self.core, models)
         self.concurrency = concurrency
+        self.metrics_port = metrics_port
         self.celery = make_celery(settings)
         self._usage = UsageRecorder(self.core.sessions, self.core.storage, self.core.registry)
         self.core.bus.subscribe(local_only(self._usage.on_event))
@@ -108,6 +117,11 @@ class Worker:
         from celery import signals
 
         signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
+        if self.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.metrics_port, registry=self.core.metrics.registry)
+            log.info("metrics on :%d/metrics", self.metrics_port)
         worker = self.celery.Worker(
             queues=self.queues(),
             pool="threads",
