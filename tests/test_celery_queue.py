@@ -250,3 +250,28 @@ def _data_uri(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_the_worker_refuses_to_start_saying_why(
+    settings: Settings,
+    postgres_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    from repligate.cli import app as cli
+
+    monkeypatch.setenv("REPLIGATE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("REPLIGATE_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("REPLIGATE_QUEUE", "celery")
+    no_broker = CliRunner().invoke(cli, ["worker"])
+    assert no_broker.exit_code == 2
+    assert "REPLIGATE_QUEUE=celery needs REPLIGATE_BROKER_URL" in no_broker.output
+    monkeypatch.setenv("REPLIGATE_BROKER_URL", REDIS_BROKER)
+    # An empty database: the worker does not migrate, it says to.
+    behind = CliRunner().invoke(cli, ["worker"])
+    assert behind.exit_code == 2 and "migrate" in behind.output
+    assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+    unknown = CliRunner().invoke(cli, ["worker", "--models", f"{SD},someone/else"])
+    assert unknown.exit_code == 2
+    assert "unknown model(s): someone/else" in unknown.output

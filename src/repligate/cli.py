@@ -68,7 +68,11 @@ def serve(
     from repligate.store import keys
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValueError as exc:  # pydantic's ValidationError: a setting that cannot work
+        console.print(f"[bold red]refusing to start:[/bold red] {exc}")
+        raise typer.Exit(code=2) from None
     if host is not None:
         settings.host = host
     if port is not None:
