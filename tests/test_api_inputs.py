@@ -203,7 +203,7 @@ def test_a_model_without_a_runner_is_refused_clearly(
     # (runner=None) is refused at create, on every route, naming it, and nothing is stored.
     ref = "cjwbw/rembg"
     specs = [dataclasses.replace(s, runner=None) if s.ref == ref else s for s in all_models()]
-    monkeypatch.setattr("repligate.app.all_models", lambda: specs)
+    monkeypatch.setattr("repligate.runtime.all_models", lambda: specs)
     with TestClient(create_app(settings)) as client:
         auth = {"Authorization": f"Bearer {make_token(client)}"}
         owner, name = ref.split("/")
