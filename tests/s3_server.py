@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -22,8 +23,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3_endpoint() -> Iterator[str]:
+    with moto_s3() as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def moto_s3() -> Iterator[str]:
     """moto's S3 server on a free loopback port, with one bucket; AWS credentials for it
-    in the environment, as an operator's would be (boto3's default chain reads them)."""
+    in the environment, as an operator's would be (boto3's default chain reads them).
+    Also the scaled test stack's S3, for a whole session (tests/scaled_stack.py)."""
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as missing:

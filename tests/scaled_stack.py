@@ -1,0 +1,101 @@
+"""The scaled-out stack the API suite also runs on (``REPLIGATE_TEST_STACK=scaled``):
+PostgreSQL, S3 (moto's server over real HTTP) and the Redis event bus, on the services of
+this machine. conftest.py starts it once per session and gives every module and every test
+a database, a key prefix and a bus channel of its own; this module only knows how to start
+and reach the services, skipping (saying which service) when one is absent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from repligate.store import db, migrate
+from tests.s3_server import BUCKET, moto_s3
+from tests.test_store import POSTGRES_ADMIN_URL
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+STACKS = ("embedded", "scaled")
+
+
+@dataclass(frozen=True)
+class ScaledStack:
+    template: str  # a migrated PostgreSQL database each test's database is copied from
+    s3_endpoint_url: str
+    s3_bucket: str
+    redis_url: str
+
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        """A fresh, migrated database (a copy of the template, which is much quicker than
+        migrating each one), dropped afterwards even if something still holds it."""
+        name = f"repligate_test_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+            yield _url_of(name)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+def _url_of(database: str) -> str:
+    return make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(False)
+
+
+def _redis_or_skip(url: str) -> str:
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception as error:  # no package, no server: either way no bus to test on
+        pytest.skip(
+            f"scaled test stack: no Redis answers at {url} ({type(error).__name__}: {error})"
+        )
+    return url
+
+
+@contextmanager
+def _template_database() -> Iterator[str]:
+    name = f"repligate_template_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:  # no server, no driver, no permission: say so and skip
+        pytest.skip(f"scaled test stack: PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {error}")
+    try:
+        engine = db.make_engine(_url_of(name))
+        try:
+            migrate.upgrade(engine)
+        finally:
+            engine.dispose()  # a template may have no open connection while it is copied
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def scaled_stack() -> Iterator[ScaledStack]:
+    """Checks Redis, migrates a template database and starts moto's S3 server (with AWS
+    credentials for it in the environment) for as long as the context lasts."""
+    with ExitStack() as stack:
+        redis_url = _redis_or_skip(REDIS_URL)
+        template = stack.enter_context(_template_database())
+        endpoint = stack.enter_context(moto_s3())
+        yield ScaledStack(template, endpoint, BUCKET, redis_url)
+
+
+def environment(changes: dict[str, object]) -> dict[str, str]:
+    """Settings changes as the REPLIGATE_* variables an operator would set: every
+    ``Settings(...)`` a test builds reads them, its explicit arguments still win."""
+    return {f"REPLIGATE_{name.upper()}": str(value) for name, value in changes.items()}
