@@ -3,6 +3,7 @@ fails.
 
     python bench/api.py                      # 3 rounds of 5 s per measurement
     python bench/api.py --rounds 5 --seconds 8 --weights /tmp/tiny-weights
+    python bench/api.py --scaled             # + PostgreSQL/Celery, 1 and 2 API processes
 
 Two servers, each in its own process and started as users start them: the yardstick, a
 FastAPI app with one ``async def`` JSON endpoint under the uvicorn configuration of
@@ -233,7 +234,7 @@ def httpx_rate(load: Load, seconds: float, tmp: Path) -> tuple[float, int, int]:
     spec = tmp / "load.json"
     spec.write_text(json.dumps({**load.__dict__, "body": body, "seconds": seconds}))
     result = subprocess.run(
-        [sys.executable, __file__, "--httpx-load", str(spec)],
+        [sys.executable, __file__, "--httpx-load", str(spec), "--connections", str(CONNECTIONS)],
         capture_output=True,
         text=True,
         timeout=seconds + 120,
@@ -248,6 +249,13 @@ def run_httpx_load(spec_path: str) -> None:
     body = spec["body"].encode() if spec["body"] is not None else None
     load = Load(spec["method"], spec["url"], spec["headers"], body)
     print(json.dumps(asyncio.run(_httpx_load(load, spec["seconds"]))))
+
+
+def choose_loader(choice: str) -> tuple[Any, str]:
+    """The load function (wrk when installed, unless told) and how the table names it."""
+    if choice == "wrk" or (choice == "auto" and shutil.which("wrk")):
+        return wrk_rate, f"wrk -t{THREADS} -c{CONNECTIONS}"
+    return httpx_rate, f"httpx async client, {CONNECTIONS} connections, in its own process"
 
 
 # -- the rounds ---------------------------------------------------------------------------
@@ -273,28 +281,30 @@ def one_prediction(server: Server) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global CONNECTIONS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (<= 30)")
     parser.add_argument("--weights", type=Path, help="tiny weights already built (else built)")
     parser.add_argument("--loader", choices=("auto", "wrk", "httpx"), default="auto")
+    parser.add_argument("--connections", type=int, help="held open (8; 32 with --scaled)")
+    parser.add_argument("--scaled", action="store_true", help="bench/scaled.py's one pass")
     parser.add_argument("--serve-bare", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--httpx-load", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    CONNECTIONS = args.connections = args.connections or (32 if args.scaled else CONNECTIONS)
     if args.serve_bare:
         serve_bare(args.serve_bare)
         return 0
     if args.httpx_load:
         run_httpx_load(args.httpx_load)
         return 0
+    if args.scaled:
+        import scaled  # bench/ is on the path: this file was run as a script
+
+        return scaled.run(args)
     seconds = min(max(args.seconds, 1.0), 30.0)
-    use_wrk = args.loader == "wrk" or (args.loader == "auto" and shutil.which("wrk"))
-    rate = wrk_rate if use_wrk else httpx_rate
-    loader = (
-        f"wrk -t{THREADS} -c{CONNECTIONS}"
-        if use_wrk
-        else f"httpx async client, {CONNECTIONS} connections, in its own process"
-    )
+    rate, loader = choose_loader(args.loader)
 
     rates: dict[str, list[float]] = {m: [] for m in MEASURES}
     # Server CPU (user + system, all its threads) per request, in ms: steadier than the
