@@ -246,7 +246,7 @@ def bench_deployment(bench: Bench, weights: Path) -> None:
             return env
 
     prefix = f"repligate-bench-{uuid.uuid4().hex[:8]}"
-    celery = processes.QueueSetup("celery", env_blocks=("queue",))
+    celery = processes.CELERY  # the scale-out tests' setup: the guide's queue block, a worker
     with temporary_database() as database_url, s3_values(notes) as s3:
         values = {
             "DATABASE_URL": database_url,
@@ -263,9 +263,7 @@ def bench_deployment(bench: Bench, weights: Path) -> None:
         try:
             deployment.run("migrate")
             token = deployment.create_key("bench")
-            worker = deployment.start_extra(
-                processes.ExtraProcess("worker", {"MODELS": MODEL}, ready_text="ready.")
-            )
+            worker = deployment.start_extra(celery.processes[0])
             one = deployment.start_api(processes=1)
             prediction_id = warm_prediction(one.url, token)
             worker.stop()  # see the module's docstring
