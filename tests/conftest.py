@@ -14,7 +14,14 @@ from fastapi.testclient import TestClient
 from repligate.app import create_app
 from repligate.settings import Settings
 from repligate.store import keys
-from tests.scaled_stack import STACKS, ScaledStack, environment, scaled_stack
+from tests.scaled_stack import (
+    BROKER_URL,
+    STACKS,
+    ScaledStack,
+    environment,
+    lazily_worked_queue,
+    scaled_stack,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -134,8 +141,8 @@ SCALED_EXCLUDE: dict[str, str] = {
 
 def scaled_settings_changes(stack: ScaledStack, database_url: str, scope: str) -> dict[str, object]:
     """THE place that says what a scaled run changes, for one module or one test
-    (``scope``: a fresh name). The Celery queue joins here once it exists:
-    ``"queue": "celery", "broker_url": ...`` (and its worker in ``scaled_worker``)."""
+    (``scope``: a fresh name): PostgreSQL, S3, the Redis bus, and the Celery queue on
+    Redis, whose worker each app starts at its first prediction (``scaled_services``)."""
     return {
         "database_url": database_url,
         "storage": "s3",
@@ -144,6 +151,9 @@ def scaled_settings_changes(stack: ScaledStack, database_url: str, scope: str) -
         "s3_endpoint_url": stack.s3_endpoint_url,
         "event_bus_url": stack.redis_url,
         "event_bus_channel": f"repligate-test:{scope}",
+        "queue": "celery",
+        "broker_url": BROKER_URL,
+        "celery_queue_prefix": f"repligate-test-{scope}",
     }
 
 
@@ -166,7 +176,9 @@ def scaled_services() -> Iterator[ScaledStack | None]:
     if not SCALED:
         yield None
         return
-    with scaled_stack() as stack:
+    with scaled_stack() as stack, pytest.MonkeyPatch.context() as patch:
+        # Every app's queue is Celery's, and its worker runs in a thread here.
+        patch.setattr("repligate.backends.queue", lazily_worked_queue)
         yield stack
 
 
@@ -198,11 +210,3 @@ def scaled_test(
     hears another's events or recovers another's predictions at its app's start."""
     with _scaled_environment(scaled_services) as changes:
         yield changes
-
-
-@pytest.fixture(autouse=True)
-def scaled_worker(scaled_test: dict[str, object]) -> Iterator[None]:
-    """The hook for the scaled run's Celery worker: started here on this test's settings
-    (``scaled_test``'s changes) and stopped after the test. Nothing yet: the Celery queue
-    does not exist."""
-    yield

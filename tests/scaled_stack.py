@@ -6,20 +6,28 @@ and reach the services, skipping (saying which service) when one is absent."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from repligate.settings import Settings
 from repligate.store import db, migrate
 from tests.s3_server import BUCKET, moto_s3
 from tests.test_store import POSTGRES_ADMIN_URL
 
+if TYPE_CHECKING:
+    from repligate.worker import Worker
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
+# The Celery broker: another Redis database than the bus's.
+BROKER_URL = "redis://127.0.0.1:6379/2"
 STACKS = ("embedded", "scaled")
 
 
@@ -99,3 +107,71 @@ def environment(changes: dict[str, object]) -> dict[str, str]:
     """Settings changes as the REPLIGATE_* variables an operator would set: every
     ``Settings(...)`` a test builds reads them, its explicit arguments still win."""
     return {f"REPLIGATE_{name.upper()}": str(value) for name, value in changes.items()}
+
+
+class WorkerThread:
+    """The Celery worker of one app in a scaled run: ``repligate.worker.Worker`` built on
+    that app's own settings (so a test's settings reach the runs), consuming in a thread
+    of this process from the app's first submit until the app stops."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._worker: Worker | None = None
+        self._controller: Any = None
+        self._thread: threading.Thread | None = None
+
+    def ensure_started(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            from celery.contrib.testing.worker import TestWorkController
+
+            from repligate.worker import Worker
+
+            if self._worker is None:
+                self._worker = Worker(self._settings, [], self._settings.concurrency_per_device)
+            self._controller = TestWorkController(
+                app=self._worker.celery,
+                queues=self._worker.queues(),
+                pool="threads",
+                concurrency=self._settings.concurrency_per_device,
+                hostname=f"scaled-test-{uuid.uuid4().hex[:8]}@localhost",
+                loglevel="WARNING",
+                without_heartbeat=True,
+                without_mingle=True,
+                without_gossip=True,
+            )
+            self._thread = threading.Thread(
+                target=self._controller.start, name="scaled-celery-worker", daemon=True
+            )
+            self._thread.start()
+            self._controller.ensure_started()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._controller is not None:
+                self._controller.stop(in_sighandler=False)
+            if self._thread is not None:
+                self._thread.join(30)
+            if self._worker is not None:
+                self._worker.close()
+            self._controller = self._thread = self._worker = None
+
+
+def lazily_worked_queue(settings: Settings, execute: Any, flags: Any) -> Any:
+    """``backends.queue`` in a scaled run: the Celery queue, whose first submit starts
+    the app's worker (``WorkerThread``); the app's stop stops it."""
+    from repligate.queue.celery_queue import CeleryQueue
+
+    class Worked(CeleryQueue):
+        def submit(self, prediction_id: str, model: str = "") -> None:
+            worker.ensure_started()
+            super().submit(prediction_id, model)
+
+        def stop(self) -> None:
+            worker.stop()
+            super().stop()
+
+    worker = WorkerThread(settings)
+    return Worked.from_settings(settings, flags)

@@ -26,8 +26,11 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from celery import shared_task
+
 from repligate import backends
 from repligate.bus import local_only
+from repligate.execution import Executor
 from repligate.queue.celery_app import TASK_NAME, make_celery, queue_name
 from repligate.queue.celery_queue import CeleryQueue
 from repligate.runtime import Core, build_core
@@ -35,6 +38,22 @@ from repligate.settings import Settings
 from repligate.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
+
+
+# Queue name -> the executor of the Worker consuming it in this process. One Worker per
+# process when deployed; tests run several (each on its own database), and Celery looks a
+# task up by name in whichever app it deems current, so the task finds its executor by
+# the queue its message came from.
+_EXECUTORS: dict[str, Executor] = {}
+
+
+@shared_task(name=TASK_NAME, bind=True, ignore_result=True)
+def run_prediction(task: Any, prediction_id: str) -> None:
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    executor = _EXECUTORS.get(queue or "")
+    if executor is None:
+        raise RuntimeError(f"no worker in this process consumes {queue!r}")
+    executor.execute(prediction_id)
 
 
 def chosen_models(core: Core, names: Sequence[str]) -> list[str]:
@@ -78,11 +97,9 @@ class Worker:
         self._grace_timer: threading.Timer | None = None
 
     def _register_task(self) -> None:
-        executor = self.core.executor
-
-        @self.celery.task(name=TASK_NAME, ignore_result=True)
-        def run_prediction(prediction_id: str) -> None:
-            executor.execute(prediction_id)
+        for queue in self.queues():
+            _EXECUTORS[queue] = self.core.executor
+        self.celery.finalize()  # the shared task joins this app now
 
     def queues(self) -> list[str]:
         return [queue_name(self.settings.celery_queue_prefix, model) for model in self.models]
