@@ -280,6 +280,17 @@ def one_prediction(server: Server) -> str:
     return str(answer["id"])
 
 
+def tiny_weights(given: Path | None, tmp: Path) -> Path:
+    """The weights folder given, or tiny random-weight pipelines built under ``tmp``."""
+    if given is not None:
+        return given
+    from repligate.testing.tiny_weights import build_all
+
+    print("building tiny random-weight pipelines ...", flush=True)
+    build_all(tmp / "weights")
+    return tmp / "weights"
+
+
 def main(argv: list[str] | None = None) -> int:
     global CONNECTIONS
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -313,13 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, int] = dict.fromkeys(MEASURES, 0)
     with tempfile.TemporaryDirectory(prefix="repligate-api-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        weights = args.weights
-        if weights is None:
-            from repligate.testing.tiny_weights import build_all
-
-            print("building tiny random-weight pipelines ...", flush=True)
-            weights = tmp / "weights"
-            build_all(weights)
+        weights = tiny_weights(args.weights, tmp)
         log = tmp / "servers.log"
         bare = start_bare(log)
         try:

@@ -365,13 +365,7 @@ def run(args: Any) -> int:
     rate, loader = api.choose_loader(args.loader)
     with tempfile.TemporaryDirectory(prefix="repligate-scaled-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        weights = args.weights
-        if weights is None:
-            from repligate.testing.tiny_weights import build_all
-
-            print("building tiny random-weight pipelines ...", flush=True)
-            weights = tmp / "weights"
-            build_all(weights)
+        weights = api.tiny_weights(args.weights, tmp)
         bench = Bench(seconds, rate, tmp)
         bench.bare_server = api.start_bare(tmp / "servers.log")
         # A Ctrl-C stops everything through the finally clauses, as an error does.

@@ -83,21 +83,7 @@ class Transitions:
         """A prediction whose worker's lease ran out goes back to the queue, to run again
         from the start (its partial output dropped). Applies only while the lease is
         still expired: a worker that renewed meanwhile keeps it."""
-        now = self._clock.now()
-        with self._lock(prediction_id), db.connect(self._sessions) as session:
-            return store.move(
-                session,
-                prediction_id,
-                Status.STARTING,
-                expected=Status.PROCESSING,
-                lease_expired_before=now,
-                append_logs=note + "\n",
-                started_at=None,
-                output=None,
-                progress=None,
-                lease_owner=None,
-                lease_expires_at=None,
-            )
+        return self._back_to_queue(prediction_id, note, lease_expired_before=self._clock.now())
 
     def fail_lost(self, prediction_id: str, error: str) -> Prediction | None:
         """Fail a prediction whose worker's lease ran out (it had its runs), only while
@@ -189,6 +175,18 @@ class Transitions:
     ) -> Prediction | None:
         """A worker that is stopping returns its running prediction to the queue: it
         will run again from the start, so its partial output is dropped."""
+        return self._back_to_queue(prediction_id, note, owner=owner)
+
+    def _back_to_queue(
+        self,
+        prediction_id: str,
+        note: str,
+        *,
+        owner: str | None = None,
+        lease_expired_before: datetime | None = None,
+    ) -> Prediction | None:
+        """``processing`` -> ``starting`` with a line in the logs, its run's traces and
+        lease cleared, under the given condition on the lease."""
         with self._lock(prediction_id), db.connect(self._sessions) as session:
             return store.move(
                 session,
@@ -196,6 +194,7 @@ class Transitions:
                 Status.STARTING,
                 expected=Status.PROCESSING,
                 owner=owner,
+                lease_expired_before=lease_expired_before,
                 append_logs=note + "\n",
                 started_at=None,
                 output=None,
