@@ -40,10 +40,25 @@ FAST_SD_INPUT = {
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built once per version of the builders and kept beside pytest's temporary
+    folders, so `make test`'s second run (the scaled stack) and the next session reuse
+    them; a build is published by one rename, so a half-written one is never used."""
+    import hashlib
+    import shutil
+
+    import repligate.testing
     from repligate.testing.tiny_weights import build_all
 
-    root = tmp_path_factory.mktemp("tiny-weights")
-    build_all(root)
+    sources = sorted(Path(repligate.testing.__file__).parent.glob("tiny_*.py"))
+    version = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:16]
+    root = tmp_path_factory.getbasetemp().parent / f"repligate-tiny-weights-{version}"
+    if not root.is_dir():
+        building = tmp_path_factory.mktemp("tiny-weights")
+        build_all(building)
+        try:
+            building.rename(root)
+        except OSError:  # another run published it meanwhile
+            shutil.rmtree(building, ignore_errors=True)
     return root
 
 

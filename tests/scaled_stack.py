@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,9 +21,6 @@ from repligate.settings import Settings
 from repligate.store import db, migrate
 from tests.s3_server import BUCKET, moto_s3
 from tests.test_store import POSTGRES_ADMIN_URL
-
-if TYPE_CHECKING:
-    from repligate.worker import Worker
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 # The Celery broker: another Redis database than the bus's.
@@ -110,14 +107,17 @@ def environment(changes: dict[str, object]) -> dict[str, str]:
 
 
 class WorkerThread:
-    """The Celery worker of one app in a scaled run: ``repligate.worker.Worker`` built on
-    that app's own settings (so a test's settings reach the runs), consuming in a thread
-    of this process from the app's first submit until the app stops."""
+    """The Celery worker of one app in a scaled run, in a thread of this process from the
+    app's first submit until the app stops. Its tasks run the app's own executor, so the
+    fakes a test wires (a scripted provider, in-memory storage) run as they would
+    in-process; ``repligate worker`` processes have their own tests
+    (test_celery_queue.py, test_scaleout_processes.py)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, execute: Callable[[str], None]) -> None:
         self._settings = settings
+        self._execute = execute
         self._lock = threading.Lock()
-        self._worker: Worker | None = None
+        self._queues: list[str] = []
         self._controller: Any = None
         self._thread: threading.Thread | None = None
 
@@ -127,13 +127,19 @@ class WorkerThread:
                 return
             from celery.contrib.testing.worker import TestWorkController
 
-            from repligate.worker import Worker
+            from repligate.models import all_models
+            from repligate.queue.celery_app import make_celery, queue_name
+            from repligate.worker import EXECUTORS
 
-            if self._worker is None:
-                self._worker = Worker(self._settings, [], self._settings.concurrency_per_device)
+            prefix = self._settings.celery_queue_prefix
+            self._queues = [queue_name(prefix, spec.ref) for spec in all_models()]
+            for queue in self._queues:
+                EXECUTORS[queue] = self._execute
+            celery = make_celery(self._settings)
+            celery.finalize()
             self._controller = TestWorkController(
-                app=self._worker.celery,
-                queues=self._worker.queues(),
+                app=celery,
+                queues=self._queues,
                 pool="threads",
                 concurrency=self._settings.concurrency_per_device,
                 hostname=f"scaled-test-{uuid.uuid4().hex[:8]}@localhost",
@@ -149,17 +155,20 @@ class WorkerThread:
             self._controller.ensure_started()
 
     def stop(self) -> None:
+        from repligate.worker import EXECUTORS
+
         with self._lock:
             if self._controller is not None:
                 self._controller.stop(in_sighandler=False)
+                self._controller.app.close()
             if self._thread is not None:
                 self._thread.join(30)
-            if self._worker is not None:
-                self._worker.close()
-            self._controller = self._thread = self._worker = None
+            for queue in self._queues:
+                EXECUTORS.pop(queue, None)
+            self._controller = self._thread = None
 
 
-def lazily_worked_queue(settings: Settings, execute: Any, flags: Any) -> Any:
+def lazily_worked_queue(settings: Settings, execute: Callable[[str], None], flags: Any) -> Any:
     """``backends.queue`` in a scaled run: the Celery queue, whose first submit starts
     the app's worker (``WorkerThread``); the app's stop stops it."""
     from repligate.queue.celery_queue import CeleryQueue
@@ -173,5 +182,5 @@ def lazily_worked_queue(settings: Settings, execute: Any, flags: Any) -> Any:
             worker.stop()
             super().stop()
 
-    worker = WorkerThread(settings)
+    worker = WorkerThread(settings, execute)
     return Worked.from_settings(settings, flags)

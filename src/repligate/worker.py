@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import shared_task
 
 from repligate import backends
 from repligate.bus import local_only
-from repligate.execution import Executor
 from repligate.queue.celery_app import TASK_NAME, make_celery, queue_name
 from repligate.queue.celery_queue import CeleryQueue
 from repligate.runtime import Core, build_core
@@ -40,20 +39,20 @@ from repligate.usage import UsageRecorder
 log = logging.getLogger(__name__)
 
 
-# Queue name -> the executor of the Worker consuming it in this process. One Worker per
-# process when deployed; tests run several (each on its own database), and Celery looks a
-# task up by name in whichever app it deems current, so the task finds its executor by
-# the queue its message came from.
-_EXECUTORS: dict[str, Executor] = {}
+# Queue name -> what runs its predictions in this process (an executor's ``execute``).
+# One Worker per process when deployed; tests run several (each on its own database), and
+# Celery looks a task up by name in whichever app it deems current, so the task finds its
+# executor by the queue its message came from.
+EXECUTORS: dict[str, Callable[[str], None]] = {}
 
 
 @shared_task(name=TASK_NAME, bind=True, ignore_result=True)
 def run_prediction(task: Any, prediction_id: str) -> None:
     queue = (task.request.delivery_info or {}).get("routing_key")
-    executor = _EXECUTORS.get(queue or "")
-    if executor is None:
+    execute = EXECUTORS.get(queue or "")
+    if execute is None:
         raise RuntimeError(f"no worker in this process consumes {queue!r}")
-    executor.execute(prediction_id)
+    execute(prediction_id)
 
 
 def chosen_models(core: Core, names: Sequence[str]) -> list[str]:
@@ -98,7 +97,7 @@ class Worker:
 
     def _register_task(self) -> None:
         for queue in self.queues():
-            _EXECUTORS[queue] = self.core.executor
+            EXECUTORS[queue] = self.core.executor.execute
         self.celery.finalize()  # the shared task joins this app now
 
     def queues(self) -> list[str]:
