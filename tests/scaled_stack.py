@@ -155,14 +155,19 @@ class WorkerThread:
             self._controller.ensure_started()
 
     def stop(self) -> None:
+        from celery.worker import state
+
         from repligate.worker import EXECUTORS
 
         with self._lock:
-            if self._controller is not None:
-                self._controller.stop(in_sighandler=False)
-                self._controller.app.close()
             if self._thread is not None:
+                # As Celery's own test worker stops: a warm shutdown every worker thread
+                # of this process takes (another app's restarts at its next submit).
+                state.should_terminate = 0
                 self._thread.join(30)
+                state.should_terminate = None
+            if self._controller is not None:
+                self._controller.app.close()
             for queue in self._queues:
                 EXECUTORS.pop(queue, None)
             self._controller = self._thread = None
