@@ -6,16 +6,17 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 DEMO_WEIGHTS ?= data/demo-weights
-# The API suite's files that `make test` runs a second time on PostgreSQL + S3 + the Redis
-# bus: those whose answers go through the database, storage or events. Left out for time:
-# input validation and model schemas (answered before any row is written), body limits;
-# retention counts files under data_dir (test_s3_storage.py covers it on S3).
+# The API suite's files that `make test` runs a second time on PostgreSQL + Celery (Redis)
+# + S3 + the Redis bus: those whose answers go through the database, the queue, storage or
+# events. Left out for time: input validation, model schemas and body fuzzing (answered
+# before any row is written), body limits, the smoke test (test_api_predictions covers
+# it); retention counts files under data_dir (test_s3_storage.py covers it on S3).
 SCALED_TESTS := \
 	tests/test_api_predictions.py tests/test_api_listing.py tests/test_api_files.py \
 	tests/test_api_web_and_files.py tests/test_api_keys_and_cli.py tests/test_api_errors.py \
-	tests/test_api_fuzz.py tests/test_replicate_client.py tests/test_openai_images.py \
+	tests/test_replicate_client.py tests/test_openai_images.py \
 	tests/test_streams.py tests/test_webhooks.py tests/test_file_inputs.py tests/test_usage.py \
-	tests/test_deadlines.py tests/test_progress.py tests/test_web_pages.py tests/test_smoke.py
+	tests/test_deadlines.py tests/test_progress.py tests/test_web_pages.py
 
 .PHONY: install run test demo check lint format bench clean
 
@@ -39,8 +40,8 @@ test: $(STAMP)
 		|| echo "chromium not installed: the playground's browser tests will skip"; }
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	@# The API suite again, unchanged, on the scaled-out stack (tests/conftest.py):
-	@# PostgreSQL, S3 (moto's server) and the Redis event bus; skipped, naming the
-	@# service, where one is absent.
+	@# PostgreSQL, Celery on Redis, S3 (moto's server) and the Redis event bus; skipped,
+	@# naming the service, where one is absent.
 	REPLIGATE_TEST_STACK=scaled $(BIN)/python -m pytest -q -p no:cacheprovider $(SCALED_TESTS)
 
 demo: $(STAMP)
