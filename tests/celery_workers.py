@@ -86,6 +86,34 @@ class Stack:
     def close(self) -> None:
         for worker in self.workers:
             worker.stop(signal.SIGKILL, wait=10)
+        forget_queues(self.env["REPLIGATE_BROKER_URL"], self.env["REPLIGATE_CELERY_QUEUE_PREFIX"])
+
+
+def forget_queues(broker_url: str, prefix: str) -> None:
+    """Remove the queues (and their bindings) a test made on the shared broker, so test
+    runs leave nothing behind on it."""
+    from repligate.models import all_models
+    from repligate.queue.celery_app import queue_name
+
+    names = [queue_name(prefix, spec.ref) for spec in all_models()]
+    try:
+        if broker_url.startswith("redis"):
+            import redis
+
+            client = redis.Redis.from_url(broker_url, socket_connect_timeout=2)
+            keys = [k for k in client.scan_iter(match=f"*{prefix}*")]
+            if keys:
+                client.delete(*keys)
+            client.close()
+        else:
+            from kombu import Connection
+
+            with Connection(broker_url, connect_timeout=2) as connection:
+                channel = connection.channel()
+                for name in names:
+                    channel.queue_delete(name)
+    except Exception:  # best effort: a broker that went away keeps its leftovers
+        pass
 
 
 def stack_env(

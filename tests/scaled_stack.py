@@ -97,7 +97,13 @@ def scaled_stack() -> Iterator[ScaledStack]:
         redis_url = _redis_or_skip(REDIS_URL)
         template = stack.enter_context(_template_database())
         endpoint = stack.enter_context(moto_s3())
-        yield ScaledStack(template, endpoint, BUCKET, redis_url)
+        try:
+            yield ScaledStack(template, endpoint, BUCKET, redis_url)
+        finally:
+            # Every test's queues were "repligate-test-<scope>.<owner>.<name>".
+            from tests.celery_workers import forget_queues
+
+            forget_queues(BROKER_URL, "repligate-test-")
 
 
 def environment(changes: dict[str, object]) -> dict[str, str]:

@@ -24,6 +24,7 @@ import replicate
 from sqlalchemy import create_engine, text
 
 from tests import processes
+from tests.celery_workers import forget_queues
 from tests.conftest import SD_VERSION
 from tests.processes import ApiProcess, Deployment
 from tests.s3_server import BUCKET, s3_endpoint  # noqa: F401  (a fixture)
@@ -81,6 +82,7 @@ def deployment(
         yield stack
     finally:
         stack.stop()
+        forget_queues(BROKER_URL, values["QUEUE_PREFIX"])
 
 
 @pytest.fixture(scope="module")
