@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 
@@ -23,15 +21,6 @@ from repligate.settings import Settings
 SRC = Path(__file__).resolve().parent.parent / "src"
 REDIS_BROKER = "redis://127.0.0.1:6379/3"
 RABBIT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
-
-
-def require_service(url: str, what: str) -> None:
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 0), 2):
-            pass
-    except OSError as exc:
-        pytest.skip(f"{what} not reachable at {parsed.hostname}:{parsed.port}: {exc}")
 
 
 @dataclass
@@ -93,9 +82,9 @@ def forget_queues(broker_url: str, prefix: str) -> None:
     """Remove the queues (and their bindings) a test made on the shared broker, so test
     runs leave nothing behind on it."""
     from repligate.models import all_models
-    from repligate.queue.celery_app import queue_name
+    from repligate.queue.celery_app import queue_names
 
-    names = [queue_name(prefix, spec.ref) for spec in all_models()]
+    names = queue_names(prefix, [spec.ref for spec in all_models()])
     try:
         if broker_url.startswith("redis"):
             import redis

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from repligate.settings import Settings
 from repligate.store import db, migrate
 from tests.s3_server import BUCKET, moto_s3
+from tests.services import redis_or_skip
 from tests.test_store import POSTGRES_ADMIN_URL
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -55,18 +56,6 @@ def _url_of(database: str) -> str:
     return make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(False)
 
 
-def _redis_or_skip(url: str) -> str:
-    try:
-        import redis
-
-        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
-    except Exception as error:  # no package, no server: either way no bus to test on
-        pytest.skip(
-            f"scaled test stack: no Redis answers at {url} ({type(error).__name__}: {error})"
-        )
-    return url
-
-
 @contextmanager
 def _template_database() -> Iterator[str]:
     name = f"repligate_template_{uuid.uuid4().hex[:12]}"
@@ -94,7 +83,7 @@ def scaled_stack() -> Iterator[ScaledStack]:
     """Checks Redis, migrates a template database and starts moto's S3 server (with AWS
     credentials for it in the environment) for as long as the context lasts."""
     with ExitStack() as stack:
-        redis_url = _redis_or_skip(REDIS_URL)
+        redis_url = redis_or_skip(REDIS_URL, "scaled test stack")
         template = stack.enter_context(_template_database())
         endpoint = stack.enter_context(moto_s3())
         try:
@@ -134,11 +123,11 @@ class WorkerThread:
             from celery.contrib.testing.worker import TestWorkController
 
             from repligate.models import all_models
-            from repligate.queue.celery_app import make_celery, queue_name
+            from repligate.queue.celery_app import make_celery, queue_names
             from repligate.worker import EXECUTORS
 
             prefix = self._settings.celery_queue_prefix
-            self._queues = [queue_name(prefix, spec.ref) for spec in all_models()]
+            self._queues = queue_names(prefix, [spec.ref for spec in all_models()])
             for queue in self._queues:
                 EXECUTORS[queue] = self._execute
             celery = make_celery(self._settings)

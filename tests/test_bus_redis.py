@@ -29,6 +29,7 @@ from repligate.store import usage as usage_store
 from repligate.testing.fakes import Gate, ScriptedProvider, WaitForCancel
 from repligate.testing.live_server import LiveServer
 from tests.fake_app import SD, FakeApp, fake_app
+from tests.services import redis_or_skip
 from tests.test_streams import parse
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -36,11 +37,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @pytest.fixture
 def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        pytest.skip(f"no Redis answers on 127.0.0.1:6379 ({error})")
-    return REDIS_URL
+    return redis_or_skip(REDIS_URL, "the Redis event bus")
 
 
 @pytest.fixture

@@ -28,13 +28,13 @@ from tests.celery_workers import (
     REDIS_BROKER,
     Stack,
     WorkerProcess,
-    require_service,
     settings_of,
     stack_env,
 )
 from tests.celery_workers import postgres_url as postgres_url
 from tests.conftest import make_token
 from tests.s3_server import free_port
+from tests.services import require_service
 
 SD = "stability-ai/stable-diffusion"
 REMBG = "cjwbw/rembg"

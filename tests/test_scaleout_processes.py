@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import replicate
 from sqlalchemy import create_engine, text
 
@@ -28,6 +27,7 @@ from tests.celery_workers import forget_queues
 from tests.conftest import SD_VERSION
 from tests.processes import ApiProcess, Deployment
 from tests.s3_server import BUCKET, s3_endpoint  # noqa: F401  (a fixture)
+from tests.services import redis_or_skip
 from tests.test_store import temporary_postgres_url
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -50,11 +50,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
-    except redis.RedisError as error:
-        pytest.skip(f"no Redis answers on 127.0.0.1:6379 ({error})")
-    return REDIS_URL
+    return redis_or_skip(REDIS_URL, "the scale-out deployment")
 
 
 @pytest.fixture(scope="module")

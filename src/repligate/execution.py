@@ -140,8 +140,8 @@ class Executor:
         storage: Storage,
         flags: CancelFlags,
         fetcher: Fetcher,
+        leases: LeaseKeeper,
         log_flush_interval: float = 0.5,
-        leases: LeaseKeeper | None = None,
     ) -> None:
         self._transitions = transitions
         self._registry = registry
@@ -150,7 +150,7 @@ class Executor:
         self._flags = flags
         self._fetcher = fetcher
         self._flush_interval = log_flush_interval
-        # Held while each prediction runs (leases.py); without, claims take no lease.
+        # Held while each prediction runs (leases.py).
         self._leases = leases
         # Called with a prediction this worker handed back (it is `starting` again): a
         # queue whose messages outlive the run (Celery) queues it again here.
@@ -161,15 +161,12 @@ class Executor:
             self._execute(prediction_id)
         finally:
             self._flags.clear(prediction_id)
-            if self._leases is not None:
-                self._leases.release(prediction_id)
+            self._leases.release(prediction_id)
 
     def _claim(self, prediction_id: str) -> Prediction | None:
         # Only a `starting` prediction moves to `processing`: a canceled one stays
         # canceled, a second worker (or a redelivered task) loses the race, and one whose
         # run is under another worker's live lease is left to it.
-        if self._leases is None:
-            return self._transitions.start(prediction_id)
         claimed = self._transitions.claim(
             prediction_id, self._leases.owner, self._leases.lease_seconds
         )
@@ -181,7 +178,7 @@ class Executor:
         prediction = self._claim(prediction_id)
         if prediction is None:
             return
-        owner = self._leases.owner if self._leases is not None else None
+        owner = self._leases.owner
         ctx = _Context(
             prediction_id,
             self._transitions,

@@ -30,7 +30,7 @@ from celery import shared_task
 
 from repligate import backends
 from repligate.bus import local_only
-from repligate.queue.celery_app import TASK_NAME, make_celery, queue_name
+from repligate.queue.celery_app import TASK_NAME, make_celery, queue_names
 from repligate.queue.celery_queue import CeleryQueue
 from repligate.runtime import Core, build_core
 from repligate.settings import Settings
@@ -101,7 +101,7 @@ class Worker:
         self.celery.finalize()  # the shared task joins this app now
 
     def queues(self) -> list[str]:
-        return [queue_name(self.settings.celery_queue_prefix, model) for model in self.models]
+        return queue_names(self.settings.celery_queue_prefix, self.models)
 
     def hand_back_running(self) -> list[str]:
         """Tell every running prediction to stop at its next step and go back to the

@@ -33,6 +33,11 @@ def queue_name(prefix: str, model: str) -> str:
     return f"{prefix}.{owner}.{name}"
 
 
+def queue_names(prefix: str, models: list[str]) -> list[str]:
+    """The queues of these models (``owner/name`` each), in their order."""
+    return [queue_name(prefix, model) for model in models]
+
+
 def make_celery(settings: Settings) -> Any:
     from celery import Celery  # the `celery` extra: imported only where it is chosen
 
