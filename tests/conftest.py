@@ -107,6 +107,15 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.fixture
+def official_client_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read by ``replicate.Client()`` when it is made: poll quickly, and never fall back to
+    a token or a host from the environment of whoever runs the tests."""
+    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    monkeypatch.delenv("REPLICATE_BASE_URL", raising=False)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """None (SQLite in the data dir), then a fresh PostgreSQL database (skipped, saying

@@ -47,12 +47,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> Iterat
 
 
 @pytest.fixture(autouse=True)
-def _client_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Read by replicate.Client() when it is made: poll quickly, and never fall back to a
-    # token or a host from the environment of whoever runs the tests.
-    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
-    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
-    monkeypatch.delenv("REPLICATE_BASE_URL", raising=False)
+def _client_env(official_client_env: None) -> None:
+    """Every test here runs the official client."""
 
 
 @pytest.fixture

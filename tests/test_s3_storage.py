@@ -68,10 +68,8 @@ def live(
 
 
 @pytest.fixture(autouse=True)
-def _client_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.05")
-    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
-    monkeypatch.delenv("REPLICATE_BASE_URL", raising=False)
+def _client_env(official_client_env: None) -> None:
+    """Every test here runs the official client."""
 
 
 def test_an_sd_output_lands_in_the_bucket_and_the_official_client_downloads_it(

@@ -94,12 +94,8 @@ def pair(deployment: Deployment) -> dict[str, ApiProcess]:
 
 
 @pytest.fixture(autouse=True)
-def _client_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The official client reads these when it is made: poll quickly, and never use a
-    # token or host from the environment of whoever runs the tests.
-    monkeypatch.setenv("REPLICATE_POLL_INTERVAL", "0.1")
-    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
-    monkeypatch.delenv("REPLICATE_BASE_URL", raising=False)
+def _client_env(official_client_env: None) -> None:
+    """Every test here runs the official client."""
 
 
 def _get(url: str, token: str, path: str) -> dict[str, Any]:
