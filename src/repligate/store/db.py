@@ -8,7 +8,9 @@ doubles the cost of a primary-key read on SQLite).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +40,7 @@ def make_engine(url: str, pool: dict[str, object] | None = None) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
@@ -118,3 +120,21 @@ class KeptConnection:
             connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL, once: the mode is kept in the file, so a connection that
+    finds it set does nothing. The switch itself answers "database is locked" at once,
+    without waiting on the busy timeout, when another process holds the file (two
+    processes opening a new database together): it is tried again for a while."""
+    deadline = time.monotonic() + 30
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            if cursor.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() == "wal":
+                return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error):
+                raise
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("could not switch the database to WAL: locked")
+        time.sleep(0.05)
